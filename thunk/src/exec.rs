@@ -1,0 +1,465 @@
+//! The executor: runs one thunk in a fresh sandbox directory and records what it produced.
+//!
+//! 1. Make `sandboxes/thunk-XXXX/root/` and link `_toolchain` to the materialized toolchain tree.
+//! 2. Materialize every input: blobs are hard-linked from a cache of decompressed, verified blobs
+//!    (copied where hard links fail), links are looked up in the producer's reduction, symlinks are made
+//!    and then checked to resolve inside the sandbox.
+//! 3. Run the program with exactly the thunk's env (nothing inherited), cwd at the sandbox root, stdin
+//!    closed, stdout and stderr to files, in a process group of its own that is killed whole on timeout,
+//!    on cancellation, and after the program exits (so no stray child outlives its thunk).
+//! 4. Store stdout, stderr and every declared output as blobs — outputs must be regular files inside the
+//!    sandbox — and only then the reduction.
+//!
+//! A run killed by a signal or the timeout writes no reduction: only deterministic outcomes are cached.
+//! This module is the one place that starts thunk processes (the wrapper's pass-through is the other
+//! place a child process starts, and it runs the user's own rustc, not a thunk).
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::decode::DecodeError;
+use crate::hash::Hash;
+use crate::path::{SandboxPath, TOOLCHAIN_DIR};
+use crate::reduction::{BlobRef, OutputFile, Reduction, Status};
+use crate::store::{Store, StoreError};
+use crate::thunk::{Input, SANDBOX_TOKEN, Thunk};
+use crate::workdir::Workdir;
+
+/// Files of the decompressed-blob cache carry this mtime; any other mtime means something wrote to the
+/// file through a hard link, and it is fetched again instead of trusted.
+const RAW_MTIME: Duration = Duration::from_secs(1);
+
+/// Why a thunk could not be run to a reduction.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The thunk breaks a rule of the format.
+    #[error(transparent)]
+    Invalid(#[from] DecodeError),
+    /// The store failed, or holds a corrupt or missing object.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The toolchain the thunk names is not on this machine.
+    #[error(
+        "toolchain {hash} is not available on this machine; name it with that rustc first \
+         (`cargo lambdabuild toolchain --rustc PATH`)"
+    )]
+    ToolchainUnavailable {
+        /// The toolchain.
+        hash: Hash,
+    },
+    /// An input links to the output of a thunk that has not been forced.
+    #[error("input `{input}` is an output of thunk {thunk}, which has not been forced yet")]
+    LinkNotForced {
+        /// The input.
+        input: SandboxPath,
+        /// The producer.
+        thunk: Hash,
+    },
+    /// An input links to the output of a thunk whose run failed.
+    #[error("input `{input}` is an output of thunk {thunk}, whose run failed")]
+    LinkFailed {
+        /// The input.
+        input: SandboxPath,
+        /// The producer.
+        thunk: Hash,
+    },
+    /// An input links to an output its producer does not have.
+    #[error("input `{input}` names output `{output}` of thunk {thunk}, which it did not produce")]
+    LinkMissingOutput {
+        /// The input.
+        input: SandboxPath,
+        /// The producer.
+        thunk: Hash,
+        /// The output asked for.
+        output: SandboxPath,
+    },
+    /// A blob's size differs from what the thunk says.
+    #[error("input `{input}`: blob {hash} has {actual} bytes, but the thunk says {expected}")]
+    SizeMismatch {
+        /// The input.
+        input: SandboxPath,
+        /// The blob.
+        hash: Hash,
+        /// The size in the thunk.
+        expected: u64,
+        /// The size in the store.
+        actual: u64,
+    },
+    /// An input would be written outside the sandbox.
+    #[error("refused input `{path}`: {reason}")]
+    UnsafeInput {
+        /// The input.
+        path: SandboxPath,
+        /// Why.
+        reason: String,
+    },
+    /// An output is not a regular file inside the sandbox.
+    #[error("refused output `{path}`: {reason}")]
+    UnsafeOutput {
+        /// The output.
+        path: SandboxPath,
+        /// Why.
+        reason: String,
+    },
+    /// The program could not be started.
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        /// The program path in the sandbox.
+        program: SandboxPath,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The run took longer than the thunk's timeout; its process group was killed.
+    #[error("thunk {thunk} ran past its timeout of {:.1} s and was killed with all its processes", *.timeout_ms as f64 / 1000.0)]
+    Timeout {
+        /// The thunk.
+        thunk: Hash,
+        /// Its timeout.
+        timeout_ms: u64,
+    },
+    /// The program was killed by a signal.
+    #[error("thunk {thunk} was killed by signal {signal}")]
+    Killed {
+        /// The thunk.
+        thunk: Hash,
+        /// The signal number.
+        signal: i32,
+    },
+    /// The sandbox could not be prepared or read.
+    #[error("sandbox: {context}: {source}")]
+    Sandbox {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn sandbox_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> ExecError {
+    let context = context.into();
+    move |source| ExecError::Sandbox { context, source }
+}
+
+/// Runs thunks on this machine.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    store: Store,
+    workdir: Workdir,
+    engine: String,
+}
+
+impl Executor {
+    /// An executor reading and writing `store`, working in `workdir`, that signs its reductions `engine`.
+    pub fn new(store: Store, workdir: Workdir, engine: impl Into<String>) -> Executor {
+        Executor { store, workdir, engine: engine.into() }
+    }
+
+    /// Runs `thunk` and stores its outputs and then its reduction. A compile error is an `Ok` reduction
+    /// with a failed status; `Err` means no reduction was written.
+    pub async fn execute(&self, thunk: &Thunk) -> Result<Reduction, ExecError> {
+        thunk.validate()?;
+        let hash = thunk.hash();
+        let toolchain = self.workdir.toolchain_dir(thunk.toolchain);
+        if !toolchain.is_dir() {
+            return Err(ExecError::ToolchainUnavailable { hash: thunk.toolchain });
+        }
+        let sandboxes = self.workdir.sandboxes_dir();
+        let sandbox = tempfile::Builder::new()
+            .prefix("thunk-")
+            .tempdir_in(&sandboxes)
+            .map_err(sandbox_error(format!("cannot create a directory in {}", sandboxes.display())))?;
+        let root = sandbox.path().join("root");
+        fs::create_dir(&root).map_err(sandbox_error("cannot create the root"))?;
+        std::os::unix::fs::symlink(&toolchain, root.join(TOOLCHAIN_DIR))
+            .map_err(sandbox_error("cannot link the toolchain"))?;
+
+        self.materialize(thunk, &root).await?;
+        let run = run(thunk, hash, &root, sandbox.path()).await?;
+
+        let stdout = self.store_file(&sandbox.path().join("stdout")).await?;
+        let stderr = self.store_file(&sandbox.path().join("stderr")).await?;
+        let mut status = match run.exit_code {
+            0 => Status::Success,
+            code => Status::Exit { code },
+        };
+        let mut outputs = std::collections::BTreeMap::new();
+        if status == Status::Success {
+            let real_root = fs::canonicalize(&root).map_err(sandbox_error("cannot resolve the root"))?;
+            for output in &thunk.outputs {
+                match self.store_output(output, &root, &real_root).await? {
+                    Some(file) => {
+                        outputs.insert(output.clone(), file);
+                    }
+                    None => {
+                        status = Status::MissingOutput { path: output.clone() };
+                        outputs.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        let mut reduction = Reduction::new(hash, status, stdout, stderr);
+        reduction.outputs = outputs;
+        reduction.duration_ms = run.duration.as_millis() as u64;
+        reduction.peak_memory_kib = run.peak_memory_kib;
+        reduction.engine = self.engine.clone();
+        // Last: every blob the reduction names is already in the store.
+        self.store.put_reduction(&reduction).await?;
+        Ok(reduction)
+    }
+
+    async fn materialize(&self, thunk: &Thunk, root: &Path) -> Result<(), ExecError> {
+        let mut symlinks = Vec::new();
+        for (path, input) in &thunk.inputs {
+            make_parents(root, path)?;
+            let dest = path.under(root);
+            match input {
+                Input::Blob { hash, size, executable } => self.place_blob(path, *hash, *size, *executable, &dest).await?,
+                Input::Link { thunk: producer, output } => {
+                    let reduction = self
+                        .store
+                        .get_reduction(*producer)
+                        .await?
+                        .ok_or_else(|| ExecError::LinkNotForced { input: path.clone(), thunk: *producer })?;
+                    if !reduction.succeeded() {
+                        return Err(ExecError::LinkFailed { input: path.clone(), thunk: *producer });
+                    }
+                    let file = reduction.outputs.get(output).ok_or_else(|| ExecError::LinkMissingOutput {
+                        input: path.clone(),
+                        thunk: *producer,
+                        output: output.clone(),
+                    })?;
+                    self.place_blob(path, file.hash, file.size, file.executable, &dest).await?;
+                }
+                Input::Symlink { target } => {
+                    std::os::unix::fs::symlink(target, &dest)
+                        .map_err(sandbox_error(format!("cannot create symlink `{path}`")))?;
+                    symlinks.push(path);
+                }
+            }
+        }
+        // The lexical check of the thunk cannot see symlinks that go through other symlinks: check where
+        // each one really leads now that all are in place.
+        let real_root = fs::canonicalize(root).map_err(sandbox_error("cannot resolve the root"))?;
+        for link in symlinks {
+            if let Ok(real) = fs::canonicalize(link.under(root))
+                && !real.starts_with(&real_root)
+            {
+                return Err(ExecError::UnsafeInput {
+                    path: link.clone(),
+                    reason: format!("the symlink resolves to {}, outside the sandbox", real.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn place_blob(&self, path: &SandboxPath, hash: Hash, size: u64, executable: bool, dest: &Path) -> Result<(), ExecError> {
+        let raw = self.raw_blob(path, hash, size, executable).await?;
+        if fs::hard_link(&raw, dest).is_err() {
+            fs::copy(&raw, dest).map_err(sandbox_error(format!("cannot copy input `{path}`")))?;
+        }
+        Ok(())
+    }
+
+    /// The decompressed blob in the machine-local cache, fetched and verified on first use.
+    async fn raw_blob(&self, input: &SandboxPath, hash: Hash, size: u64, executable: bool) -> Result<PathBuf, ExecError> {
+        let name = if executable { format!("{hash}.x") } else { hash.to_hex() };
+        let raw = self.workdir.raw_dir().join(name);
+        let intact = |m: fs::Metadata| m.len() == size && m.mtime() == RAW_MTIME.as_secs() as i64 && m.mtime_nsec() == 0;
+        if fs::metadata(&raw).is_ok_and(intact) {
+            return Ok(raw);
+        }
+        let bytes = self.store.get_blob(hash).await?;
+        if bytes.len() as u64 != size {
+            return Err(ExecError::SizeMismatch { input: input.clone(), hash, expected: size, actual: bytes.len() as u64 });
+        }
+        let write = || -> io::Result<()> {
+            let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(self.workdir.raw_dir())?;
+            temp.write_all(&bytes)?;
+            temp.as_file().set_modified(SystemTime::UNIX_EPOCH + RAW_MTIME)?;
+            let mode = if executable { 0o555 } else { 0o444 };
+            temp.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
+            temp.persist(&raw).map_err(|e| e.error)?;
+            Ok(())
+        };
+        write().map_err(sandbox_error(format!("cannot cache blob {hash}")))?;
+        Ok(raw)
+    }
+
+    async fn store_file(&self, path: &Path) -> Result<BlobRef, ExecError> {
+        let bytes = fs::read(path).map_err(sandbox_error(format!("cannot read {}", path.display())))?;
+        let hash = self.store.put_blob(&bytes).await?;
+        Ok(BlobRef { hash, size: bytes.len() as u64 })
+    }
+
+    /// Stores one declared output; `None` when the program did not write it.
+    async fn store_output(&self, output: &SandboxPath, root: &Path, real_root: &Path) -> Result<Option<OutputFile>, ExecError> {
+        let path = output.under(root);
+        let unsafe_output = |reason: String| ExecError::UnsafeOutput { path: output.clone(), reason };
+        let metadata = match fs::symlink_metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(sandbox_error(format!("cannot inspect output `{output}`"))(e)),
+        };
+        if metadata.file_type().is_symlink() {
+            return Err(unsafe_output("it is a symlink, not a file".into()));
+        }
+        if !metadata.is_file() {
+            return Err(unsafe_output("it is not a regular file".into()));
+        }
+        let real = fs::canonicalize(&path).map_err(sandbox_error(format!("cannot resolve output `{output}`")))?;
+        if !real.starts_with(real_root) {
+            return Err(unsafe_output(format!("it resolves to {} through a symlink, outside the sandbox", real.display())));
+        }
+        let stored = self.store_file(&real).await?;
+        let executable = metadata.permissions().mode() & 0o100 != 0;
+        Ok(Some(OutputFile { hash: stored.hash, size: stored.size, executable }))
+    }
+}
+
+/// Creates the directories above `path`, refusing to go through anything that is not a real directory.
+fn make_parents(root: &Path, path: &SandboxPath) -> Result<(), ExecError> {
+    for ancestor in path.ancestors() {
+        let dir = root.join(ancestor);
+        match fs::symlink_metadata(&dir) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(_) => {
+                return Err(ExecError::UnsafeInput {
+                    path: path.clone(),
+                    reason: format!("`{ancestor}` is a file or symlink, not a directory"),
+                });
+            }
+            Err(_) => fs::create_dir(&dir).map_err(sandbox_error(format!("cannot create directory `{ancestor}`")))?,
+        }
+    }
+    Ok(())
+}
+
+struct RunResult {
+    exit_code: i32,
+    duration: Duration,
+    peak_memory_kib: u64,
+}
+
+async fn run(thunk: &Thunk, hash: Hash, root: &Path, sandbox: &Path) -> Result<RunResult, ExecError> {
+    let root_text = root.to_str().ok_or_else(|| ExecError::Sandbox {
+        context: format!("the sandbox path {} is not UTF-8", root.display()),
+        source: io::ErrorKind::InvalidInput.into(),
+    })?;
+    let expand = |text: &String| text.replace(SANDBOX_TOKEN, root_text);
+    let stdout = fs::File::create(sandbox.join("stdout")).map_err(sandbox_error("cannot create stdout"))?;
+    let stderr = fs::File::create(sandbox.join("stderr")).map_err(sandbox_error("cannot create stderr"))?;
+    let mut command = Command::new(thunk.program.0.under(root));
+    command
+        .args(thunk.args.iter().map(expand))
+        .env_clear()
+        .envs(thunk.env.iter().map(|(name, value)| (name, expand(value))))
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    let started = Instant::now();
+    let child = command.spawn().map_err(|source| ExecError::Spawn { program: thunk.program.0.clone(), source })?;
+    let group = ProcessGroup { pid: child.id() as libc::pid_t, reaped: Arc::new(Mutex::new(false)) };
+    let waiter = {
+        let group = group.clone_handle();
+        tokio::task::spawn_blocking(move || group.wait())
+    };
+    let timeout = Duration::from_millis(thunk.timeout_ms);
+    let waited = match tokio::time::timeout(timeout, waiter).await {
+        Ok(joined) => joined.map_err(|e| ExecError::Sandbox { context: "waiting for the program".into(), source: io::Error::other(e) })?,
+        Err(_elapsed) => {
+            group.kill();
+            return Err(ExecError::Timeout { thunk: hash, timeout_ms: thunk.timeout_ms });
+        }
+    };
+    let duration = started.elapsed();
+    let (status, rusage) = waited.map_err(sandbox_error("waiting for the program"))?;
+    if libc::WIFSIGNALED(status) {
+        return Err(ExecError::Killed { thunk: hash, signal: libc::WTERMSIG(status) });
+    }
+    Ok(RunResult {
+        exit_code: libc::WEXITSTATUS(status),
+        duration,
+        peak_memory_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
+    })
+}
+
+/// A child that leads its own process group. Dropping the handle the executor holds kills the group, so
+/// a cancelled or timed-out run leaves no process behind.
+struct ProcessGroup {
+    pid: libc::pid_t,
+    /// Set once the child is reaped, under the lock, so no kill can reach a recycled process group id.
+    reaped: Arc<Mutex<bool>>,
+}
+
+struct WaitHandle {
+    pid: libc::pid_t,
+    reaped: Arc<Mutex<bool>>,
+}
+
+impl ProcessGroup {
+    fn clone_handle(&self) -> WaitHandle {
+        WaitHandle { pid: self.pid, reaped: Arc::clone(&self.reaped) }
+    }
+
+    fn kill(&self) {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if !*reaped {
+            // SAFETY: kill(2) has no memory-safety preconditions; the group id is still ours (see `reaped`).
+            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl WaitHandle {
+    /// Waits for the child to exit, kills whatever else is left in its group, then reaps it.
+    /// The child is reaped only after the kill, so its pid — the group id — cannot be reused before.
+    fn wait(self) -> io::Result<(libc::c_int, libc::rusage)> {
+        loop {
+            // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is a valid, writable siginfo_t.
+            let result = unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if result == 0 {
+                break;
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+        let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: as above; the child is a zombie, so its pid still names our group.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: `status` and `rusage` are valid and writable.
+            let result = unsafe { libc::wait4(self.pid, &mut status, 0, &mut rusage) };
+            if result == self.pid {
+                *reaped = true;
+                return Ok((status, rusage));
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
+}

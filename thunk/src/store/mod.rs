@@ -1,0 +1,230 @@
+//! The store: content-addressed objects under one layout, locally or (later) in S3.
+//!
+//! | key                         | content                                                   |
+//! | --------------------------- | --------------------------------------------------------- |
+//! | `blobs/<hash>`              | file bytes, zstd-compressed; named by the hash of the raw bytes |
+//! | `thunks/<hash>`             | a thunk's canonical form, zstd-compressed                  |
+//! | `reductions/<thunk-hash>`   | the outcome of forcing that thunk, zstd-compressed         |
+//! | `toolchains/<hash>.tar.zst` | a packed toolchain, named by its manifest's hash           |
+//!
+//! A [`Backend`] only moves opaque bytes under keys; the [`Store`] facade around it compresses, and
+//! verifies every object it reads against its name, so no backend can forget to.
+
+mod local;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use local::LocalBackend;
+
+use crate::decode::DecodeError;
+use crate::hash::Hash;
+use crate::reduction::Reduction;
+use crate::thunk::Thunk;
+
+/// zstd level for objects: fast enough for the hot path, and most of the gain of higher levels.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Names one object of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKey {
+    /// File bytes, named by their hash.
+    Blob(Hash),
+    /// A thunk's canonical form, named by its hash.
+    Thunk(Hash),
+    /// The outcome of forcing the named thunk.
+    Reduction(Hash),
+    /// A packed toolchain, named by its manifest's hash.
+    Toolchain(Hash),
+}
+
+impl ObjectKey {
+    /// The key as a relative path: the same locally and in S3.
+    pub fn path(&self) -> String {
+        match self {
+            ObjectKey::Blob(hash) => format!("blobs/{hash}"),
+            ObjectKey::Thunk(hash) => format!("thunks/{hash}"),
+            ObjectKey::Reduction(hash) => format!("reductions/{hash}"),
+            ObjectKey::Toolchain(hash) => format!("toolchains/{hash}.tar.zst"),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path())
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object is not in the store.
+    #[error("{key} is not in the store ({store})")]
+    Missing {
+        /// The object.
+        key: ObjectKey,
+        /// The store, as the user named it.
+        store: String,
+    },
+    /// The object's bytes do not match its name.
+    #[error(
+        "{key} in {store} is corrupt: its content hashes to {actual}; \
+         it was not used — delete it and run again to rebuild it"
+    )]
+    Corrupt {
+        /// The object.
+        key: ObjectKey,
+        /// The store.
+        store: String,
+        /// What its content hashes to.
+        actual: String,
+    },
+    /// The object is there but cannot be read as what it claims to be.
+    #[error("{key} in {store} cannot be read: {source}")]
+    Decode {
+        /// The object.
+        key: ObjectKey,
+        /// The store.
+        store: String,
+        /// What is wrong with it.
+        source: DecodeError,
+    },
+    /// The backend failed (disk, network).
+    #[error("{store}: cannot {action} {key}: {source}")]
+    Backend {
+        /// `read`, `write` or `check`.
+        action: &'static str,
+        /// The object.
+        key: ObjectKey,
+        /// The store.
+        store: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Moves opaque bytes under keys. Three methods, one implementation per file.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The bytes under `key`, or `None` when there is no such object.
+    async fn get(&self, key: ObjectKey) -> std::io::Result<Option<Vec<u8>>>;
+    /// Writes `bytes` under `key` atomically: a reader sees the old object, the new one, or none.
+    async fn put(&self, key: ObjectKey, bytes: Vec<u8>) -> std::io::Result<()>;
+    /// Whether an object is under `key`.
+    async fn has(&self, key: ObjectKey) -> std::io::Result<bool>;
+    /// How the user named this store (a directory, `s3://…`), for messages.
+    fn describe(&self) -> String;
+}
+
+/// The store facade: compression, verification and typed access over a [`Backend`].
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// A store over `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// How the user named this store.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Stores `bytes` as a blob (unless already there) and returns its hash.
+    pub async fn put_blob(&self, bytes: &[u8]) -> Result<Hash, StoreError> {
+        let hash = Hash::of(bytes);
+        let key = ObjectKey::Blob(hash);
+        if !self.has(key).await? {
+            self.put_compressed(key, bytes).await?;
+        }
+        Ok(hash)
+    }
+
+    /// The bytes of blob `hash`, verified against the hash.
+    pub async fn get_blob(&self, hash: Hash) -> Result<Vec<u8>, StoreError> {
+        let key = ObjectKey::Blob(hash);
+        let bytes = self.get_decompressed(key).await?.ok_or_else(|| self.missing(key))?;
+        self.verify(key, hash, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Stores a thunk (unless already there) and returns its hash.
+    pub async fn put_thunk(&self, thunk: &Thunk) -> Result<Hash, StoreError> {
+        let bytes = thunk.canonical_bytes();
+        let hash = Hash::of(&bytes);
+        let key = ObjectKey::Thunk(hash);
+        if !self.has(key).await? {
+            self.put_compressed(key, &bytes).await?;
+        }
+        Ok(hash)
+    }
+
+    /// The thunk named `hash`, verified and decoded.
+    pub async fn get_thunk(&self, hash: Hash) -> Result<Thunk, StoreError> {
+        let key = ObjectKey::Thunk(hash);
+        let bytes = self.get_decompressed(key).await?.ok_or_else(|| self.missing(key))?;
+        self.verify(key, hash, &bytes)?;
+        Thunk::decode(&bytes).map_err(|source| self.decode_error(key, source))
+    }
+
+    /// Stores a reduction. Callers store every blob it names first (see [`crate::exec`]).
+    pub async fn put_reduction(&self, reduction: &Reduction) -> Result<(), StoreError> {
+        self.put_compressed(ObjectKey::Reduction(reduction.thunk), &reduction.encode()).await
+    }
+
+    /// The reduction of thunk `thunk`, if it has been forced.
+    pub async fn get_reduction(&self, thunk: Hash) -> Result<Option<Reduction>, StoreError> {
+        let key = ObjectKey::Reduction(thunk);
+        let Some(bytes) = self.get_decompressed(key).await? else {
+            return Ok(None);
+        };
+        Reduction::decode(&bytes, Some(thunk)).map(Some).map_err(|source| self.decode_error(key, source))
+    }
+
+    /// Whether the store has the object.
+    pub async fn has(&self, key: ObjectKey) -> Result<bool, StoreError> {
+        self.backend.has(key).await.map_err(|source| self.backend_error("check", key, source))
+    }
+
+    async fn put_compressed(&self, key: ObjectKey, bytes: &[u8]) -> Result<(), StoreError> {
+        let compressed = zstd::bulk::compress(bytes, ZSTD_LEVEL).map_err(|e| self.backend_error("write", key, e))?;
+        self.backend.put(key, compressed).await.map_err(|source| self.backend_error("write", key, source))
+    }
+
+    async fn get_decompressed(&self, key: ObjectKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(compressed) = self.backend.get(key).await.map_err(|e| self.backend_error("read", key, e))? else {
+            return Ok(None);
+        };
+        // A damaged frame is corruption of the object, not a failure of the backend.
+        zstd::stream::decode_all(&compressed[..]).map(Some).map_err(|e| StoreError::Corrupt {
+            key,
+            store: self.describe(),
+            actual: format!("nothing: it is not a valid zstd frame ({e})"),
+        })
+    }
+
+    fn verify(&self, key: ObjectKey, expected: Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        let actual = Hash::of(bytes);
+        if actual == expected {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt { key, store: self.describe(), actual: actual.to_hex() })
+        }
+    }
+
+    fn missing(&self, key: ObjectKey) -> StoreError {
+        StoreError::Missing { key, store: self.describe() }
+    }
+
+    fn decode_error(&self, key: ObjectKey, source: DecodeError) -> StoreError {
+        StoreError::Decode { key, store: self.describe(), source }
+    }
+
+    fn backend_error(&self, action: &'static str, key: ObjectKey, source: std::io::Error) -> StoreError {
+        StoreError::Backend { action, key, store: self.describe(), source }
+    }
+}
