@@ -63,13 +63,21 @@ pub(crate) fn decode<T: DeserializeOwned>(
     let header: Header = serde_json::from_slice(bytes).map_err(json)?;
     match header.kind.as_deref() {
         Some(found) if found == kind => {}
-        Some(found) => return Err(DecodeError::WrongKind { expected: what, found: found.chars().take(40).collect() }),
-        None => return Err(DecodeError::Invalid { what, reason: "the `kind` field is missing".into() }),
+        Some(found) => {
+            return Err(DecodeError::WrongKind { expected: what, found: found.chars().take(40).collect() });
+        }
+        None => {
+            return Err(DecodeError::Invalid { what, reason: "the `kind` field is missing".into() });
+        }
     }
     match header.version {
         Some(found) if found == u64::from(version) => {}
-        Some(found) => return Err(DecodeError::UnsupportedVersion { what, found, supported: version }),
-        None => return Err(DecodeError::Invalid { what, reason: "the `version` field is missing".into() }),
+        Some(found) => {
+            return Err(DecodeError::UnsupportedVersion { what, found, supported: version });
+        }
+        None => {
+            return Err(DecodeError::Invalid { what, reason: "the `version` field is missing".into() });
+        }
     }
     serde_json::from_slice(bytes).map_err(json)
 }

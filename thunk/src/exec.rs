@@ -1,7 +1,7 @@
 //! The executor: runs one thunk in a fresh sandbox directory and records what it produced.
 //!
 //! 1. Make `sandboxes/thunk-XXXX/root/` and link `_toolchain` to the materialized toolchain tree.
-//! 2. Materialize every input: blobs are hard-linked from a cache of decompressed, verified blobs
+//! 2. Materialize every input, and the directories of every declared output: blobs are hard-linked from a cache of decompressed, verified blobs
 //!    (copied where hard links fail), links are looked up in the producer's reduction, symlinks are made
 //!    and then checked to resolve inside the sandbox.
 //! 3. Run the program with exactly the thunk's env (nothing inherited), cwd at the sandbox root, stdin
@@ -180,6 +180,10 @@ impl Executor {
             .map_err(sandbox_error("cannot link the toolchain"))?;
 
         self.materialize(thunk, &root).await?;
+        // Tools expect the directories they write into to exist, as cargo creates `--out-dir` for rustc.
+        for output in &thunk.outputs {
+            make_parents(&root, output)?;
+        }
         let run = run(thunk, hash, &root, sandbox.path()).await?;
 
         let stdout = self.store_file(&sandbox.path().join("stdout")).await?;
@@ -220,7 +224,9 @@ impl Executor {
             make_parents(root, path)?;
             let dest = path.under(root);
             match input {
-                Input::Blob { hash, size, executable } => self.place_blob(path, *hash, *size, *executable, &dest).await?,
+                Input::Blob { hash, size, executable } => {
+                    self.place_blob(path, *hash, *size, *executable, &dest).await?
+                }
                 Input::Link { thunk: producer, output } => {
                     let reduction = self
                         .store
@@ -260,7 +266,14 @@ impl Executor {
         Ok(())
     }
 
-    async fn place_blob(&self, path: &SandboxPath, hash: Hash, size: u64, executable: bool, dest: &Path) -> Result<(), ExecError> {
+    async fn place_blob(
+        &self,
+        path: &SandboxPath,
+        hash: Hash,
+        size: u64,
+        executable: bool,
+        dest: &Path,
+    ) -> Result<(), ExecError> {
         let raw = self.raw_blob(path, hash, size, executable).await?;
         if fs::hard_link(&raw, dest).is_err() {
             fs::copy(&raw, dest).map_err(sandbox_error(format!("cannot copy input `{path}`")))?;
@@ -269,16 +282,28 @@ impl Executor {
     }
 
     /// The decompressed blob in the machine-local cache, fetched and verified on first use.
-    async fn raw_blob(&self, input: &SandboxPath, hash: Hash, size: u64, executable: bool) -> Result<PathBuf, ExecError> {
+    async fn raw_blob(
+        &self,
+        input: &SandboxPath,
+        hash: Hash,
+        size: u64,
+        executable: bool,
+    ) -> Result<PathBuf, ExecError> {
         let name = if executable { format!("{hash}.x") } else { hash.to_hex() };
         let raw = self.workdir.raw_dir().join(name);
-        let intact = |m: fs::Metadata| m.len() == size && m.mtime() == RAW_MTIME.as_secs() as i64 && m.mtime_nsec() == 0;
+        let intact =
+            |m: fs::Metadata| m.len() == size && m.mtime() == RAW_MTIME.as_secs() as i64 && m.mtime_nsec() == 0;
         if fs::metadata(&raw).is_ok_and(intact) {
             return Ok(raw);
         }
         let bytes = self.store.get_blob(hash).await?;
         if bytes.len() as u64 != size {
-            return Err(ExecError::SizeMismatch { input: input.clone(), hash, expected: size, actual: bytes.len() as u64 });
+            return Err(ExecError::SizeMismatch {
+                input: input.clone(),
+                hash,
+                expected: size,
+                actual: bytes.len() as u64,
+            });
         }
         let write = || -> io::Result<()> {
             let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(self.workdir.raw_dir())?;
@@ -300,13 +325,22 @@ impl Executor {
     }
 
     /// Stores one declared output; `None` when the program did not write it.
-    async fn store_output(&self, output: &SandboxPath, root: &Path, real_root: &Path) -> Result<Option<OutputFile>, ExecError> {
+    async fn store_output(
+        &self,
+        output: &SandboxPath,
+        root: &Path,
+        real_root: &Path,
+    ) -> Result<Option<OutputFile>, ExecError> {
         let path = output.under(root);
         let unsafe_output = |reason: String| ExecError::UnsafeOutput { path: output.clone(), reason };
         let metadata = match fs::symlink_metadata(&path) {
             Ok(metadata) => metadata,
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(None),
-            Err(e) => return Err(sandbox_error(format!("cannot inspect output `{output}`"))(e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(sandbox_error(format!("cannot inspect output `{output}`"))(e));
+            }
         };
         if metadata.file_type().is_symlink() {
             return Err(unsafe_output("it is a symlink, not a file".into()));
@@ -316,7 +350,10 @@ impl Executor {
         }
         let real = fs::canonicalize(&path).map_err(sandbox_error(format!("cannot resolve output `{output}`")))?;
         if !real.starts_with(real_root) {
-            return Err(unsafe_output(format!("it resolves to {} through a symlink, outside the sandbox", real.display())));
+            return Err(unsafe_output(format!(
+                "it resolves to {} through a symlink, outside the sandbox",
+                real.display()
+            )));
         }
         let stored = self.store_file(&real).await?;
         let executable = metadata.permissions().mode() & 0o100 != 0;
@@ -375,7 +412,10 @@ async fn run(thunk: &Thunk, hash: Hash, root: &Path, sandbox: &Path) -> Result<R
     };
     let timeout = Duration::from_millis(thunk.timeout_ms);
     let waited = match tokio::time::timeout(timeout, waiter).await {
-        Ok(joined) => joined.map_err(|e| ExecError::Sandbox { context: "waiting for the program".into(), source: io::Error::other(e) })?,
+        Ok(joined) => joined.map_err(|e| ExecError::Sandbox {
+            context: "waiting for the program".into(),
+            source: io::Error::other(e),
+        })?,
         Err(_elapsed) => {
             group.kill();
             return Err(ExecError::Timeout { thunk: hash, timeout_ms: thunk.timeout_ms });
@@ -434,7 +474,8 @@ impl WaitHandle {
             // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: `info` is a valid, writable siginfo_t.
-            let result = unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            let result =
+                unsafe { libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
             if result == 0 {
                 break;
             }

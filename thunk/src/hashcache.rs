@@ -27,6 +27,8 @@ pub struct FileDigest {
     pub executable: bool,
     /// The stat data this digest was checked against.
     pub stat: StatKey,
+    /// Whether the hash came from the cache (`false`: the file was read and hashed).
+    pub from_cache: bool,
 }
 
 /// What must be unchanged for a cached hash to still be right.
@@ -71,7 +73,7 @@ impl HashCache {
         let stat = StatKey::of(&metadata);
         let executable = metadata.permissions().mode() & 0o100 != 0;
         if let Some(hash) = read_entry(&entry, stat) {
-            return Ok(FileDigest { hash, size: stat.size, executable, stat });
+            return Ok(FileDigest { hash, size: stat.size, executable, stat, from_cache: true });
         }
         // Hash, then check nothing changed meanwhile; a file being rewritten is hashed again.
         for _ in 0..3 {
@@ -87,7 +89,7 @@ impl HashCache {
                     let _ = self.write_entry(&entry, after, hash);
                 }
                 let executable = after_metadata.permissions().mode() & 0o100 != 0;
-                return Ok(FileDigest { hash, size, executable, stat: after });
+                return Ok(FileDigest { hash, size, executable, stat: after, from_cache: false });
             }
         }
         Err(io::Error::other(format!("{} kept changing while it was being hashed", path.display())))

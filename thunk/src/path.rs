@@ -47,7 +47,9 @@ impl SandboxPath {
         }
         for component in path.split('/') {
             match component {
-                "" => return Err(refuse(path, "it has an empty component (`//` or a trailing `/`)")),
+                "" => {
+                    return Err(refuse(path, "it has an empty component (`//` or a trailing `/`)"));
+                }
                 "." => return Err(refuse(path, "it has a `.` component")),
                 ".." => return Err(refuse(path, "it has a `..` component")),
                 _ => {}

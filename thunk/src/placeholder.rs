@@ -93,10 +93,8 @@ impl Placeholder {
             .ok_or("the `# thunk` line is missing")?
             .parse::<Hash>()
             .map_err(|e| e.to_string())?;
-        let output = lines
-            .next()
-            .and_then(|line| line.strip_prefix("# output "))
-            .ok_or("the `# output` line is missing")?;
+        let output =
+            lines.next().and_then(|line| line.strip_prefix("# output ")).ok_or("the `# output` line is missing")?;
         let output = SandboxPath::new(output).map_err(|e| e.to_string())?;
         Ok(Some(Placeholder { thunk, output }))
     }

@@ -22,6 +22,8 @@ pub struct LocalToolchain {
     pub manifest: ToolchainManifest,
     /// The materialized tree (a sysroot holding only the manifest's files).
     pub dir: PathBuf,
+    /// How many files had to be read and hashed (0 when the hash cache knew them all).
+    pub files_hashed: usize,
 }
 
 /// Why a toolchain could not be named.
@@ -44,7 +46,9 @@ pub enum ToolchainError {
         message: String,
     },
     /// The directory does not look like a rustup-style sysroot.
-    #[error("{sysroot} is not a usable rustc sysroot: {missing} is missing (only rustup-style toolchains are supported)")]
+    #[error(
+        "{sysroot} is not a usable rustc sysroot: {missing} is missing (only rustup-style toolchains are supported)"
+    )]
     NotASysroot {
         /// The directory.
         sysroot: PathBuf,
@@ -90,6 +94,7 @@ pub async fn name_local_toolchain(
     let cache = workdir.hash_cache();
     let mut manifest = ToolchainManifest::new(host, release, all_targets);
     let mut stats = Vec::with_capacity(files.len());
+    let mut files_hashed = 0;
     for relative in files {
         let path = sysroot.join(relative.as_str());
         let digest = cache.digest(&path).map_err(|source| ToolchainError::Io { path: path.clone(), source })?;
@@ -97,6 +102,7 @@ pub async fn name_local_toolchain(
             .files
             .insert(relative, ToolchainFile { hash: digest.hash, size: digest.size, executable: digest.executable });
         stats.push(digest.stat);
+        files_hashed += usize::from(!digest.from_cache);
     }
     let manifest_bytes = manifest.canonical_bytes();
     let hash = store.put_blob(&manifest_bytes).await?;
@@ -104,7 +110,7 @@ pub async fn name_local_toolchain(
     if !dir.exists() {
         materialize(sysroot, &manifest, &stats, workdir, &dir)?;
     }
-    Ok(LocalToolchain { hash, manifest, dir })
+    Ok(LocalToolchain { hash, manifest, dir, files_hashed })
 }
 
 fn probe(rustc: &Path) -> Result<(String, String), ToolchainError> {
@@ -152,12 +158,18 @@ fn select_files(sysroot: &Path, host: &str, targets: &[String]) -> Result<Vec<Sa
         }
     }
     if !files.iter().any(|f| f.starts_with("lib/librustc_driver-")) {
-        return Err(ToolchainError::NotASysroot { sysroot: sysroot.to_owned(), missing: "lib/librustc_driver-*.so".into() });
+        return Err(ToolchainError::NotASysroot {
+            sysroot: sysroot.to_owned(),
+            missing: "lib/librustc_driver-*.so".into(),
+        });
     }
     files.sort();
     files
         .into_iter()
-        .map(|f| SandboxPath::new(&f).map_err(|e| ToolchainError::NotASysroot { sysroot: sysroot.to_owned(), missing: e.to_string() }))
+        .map(|f| {
+            SandboxPath::new(&f)
+                .map_err(|e| ToolchainError::NotASysroot { sysroot: sysroot.to_owned(), missing: e.to_string() })
+        })
         .collect()
 }
 
@@ -166,7 +178,12 @@ fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, ToolchainError> {
     fs::read_dir(dir).map_err(io_error)?.collect::<Result<Vec<_>, _>>().map_err(io_error)
 }
 
-fn walk(sysroot: &Path, relative: &str, files: &mut Vec<String>, keep: &dyn Fn(&str) -> bool) -> Result<(), ToolchainError> {
+fn walk(
+    sysroot: &Path,
+    relative: &str,
+    files: &mut Vec<String>,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(), ToolchainError> {
     let dir = sysroot.join(relative);
     if !dir.exists() {
         return Err(ToolchainError::NotASysroot { sysroot: sysroot.to_owned(), missing: relative.into() });
@@ -174,7 +191,8 @@ fn walk(sysroot: &Path, relative: &str, files: &mut Vec<String>, keep: &dyn Fn(&
     for entry in read_dir(&dir)? {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = format!("{relative}/{name}");
-        let metadata = fs::metadata(entry.path()).map_err(|source| ToolchainError::Io { path: entry.path(), source })?;
+        let metadata =
+            fs::metadata(entry.path()).map_err(|source| ToolchainError::Io { path: entry.path(), source })?;
         if metadata.is_dir() {
             walk(sysroot, &path, files, keep)?;
         } else if metadata.is_file() && keep(&name) {
