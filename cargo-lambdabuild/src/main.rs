@@ -1,1 +1,38 @@
-fn main() {}
+//! `cargo lambdabuild`: build a Rust project as a graph of content-addressed thunks, forced on local
+//! processes or on AWS Lambda. This binary parses the command line and hands each subcommand to `ops`.
+
+mod cli;
+mod ops;
+mod shell;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // Cargo runs `cargo-lambdabuild lambdabuild ARGS…` for `cargo lambdabuild ARGS…`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|arg| arg == "lambdabuild") {
+        args.remove(1);
+    }
+    let cli = cli::Cli::parse_from(args);
+    let shell = shell::Shell::new(&cli.global);
+    match run(cli, &shell) {
+        Ok(code) => code,
+        Err(error) => {
+            shell.error(&format!("{error:#}"));
+            ExitCode::from(101)
+        }
+    }
+}
+
+fn run(cli: cli::Cli, shell: &shell::Shell) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            cli::Command::Describe(args) => ops::describe::run(&cli.global, args, shell).await,
+            cli::Command::Toolchain(args) => ops::toolchain::run(&cli.global, args, shell).await,
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

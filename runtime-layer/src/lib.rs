@@ -1,1 +1,9 @@
-//! placeholder
+//! The Lambda side of cargo-lambdabuild.
+//!
+//! A Lambda function cannot hold a 500 MB toolchain in its 250 MB of layers, so the toolchain travels as
+//! a *packed layer*: a deterministic tar.zst of exactly the files of a toolchain manifest, stored under
+//! `toolchains/<manifest-hash>.tar.zst`, that the function unpacks into `/tmp` at cold start.
+//! [`layer`] packs and unpacks it; the unpacker trusts nothing in the archive.
+#![deny(missing_docs)]
+
+pub mod layer;

@@ -5,13 +5,9 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// Names the store: a directory today (`s3://BUCKET/PREFIX` once the S3 store exists).
+/// Names the store: a directory today (`s3://BUCKET/PREFIX` once the S3 store exists). Read by the
+/// command line parser, as the default of `--store`.
 pub const STORE_VAR: &str = "LAMBDABUILD_STORE";
-
-/// The store setting from the environment, if any.
-pub fn store_setting() -> Option<OsString> {
-    std::env::var_os(STORE_VAR).filter(|value| !value.is_empty())
-}
 
 /// The default local store: `$XDG_CACHE_HOME/lambdabuild`, else `~/.cache/lambdabuild`.
 pub fn default_store_dir() -> Option<PathBuf> {

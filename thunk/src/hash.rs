@@ -19,10 +19,9 @@ impl Hash {
 
     /// Hashes everything `reader` yields; returns the hash and the number of bytes read.
     pub fn of_reader(reader: impl Read) -> io::Result<(Hash, u64)> {
-        let mut hasher = blake3::Hasher::new();
-        let mut counting = CountingReader { inner: reader, count: 0 };
-        hasher.update_reader(&mut counting)?;
-        Ok((Hash(*hasher.finalize().as_bytes()), counting.count))
+        let mut hashing = HashingReader::new(reader);
+        io::copy(&mut hashing, &mut io::sink())?;
+        Ok(hashing.finish())
     }
 
     /// Hashes the file at `path`; returns the hash and its size.
@@ -41,14 +40,29 @@ impl Hash {
     }
 }
 
-struct CountingReader<R> {
+/// A reader that hashes and counts what passes through it, so bytes can be checked while they are copied.
+pub struct HashingReader<R> {
     inner: R,
+    hasher: blake3::Hasher,
     count: u64,
 }
 
-impl<R: Read> Read for CountingReader<R> {
+impl<R> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> HashingReader<R> {
+        HashingReader { inner, hasher: blake3::Hasher::new(), count: 0 }
+    }
+
+    /// The hash and length of everything read so far.
+    pub fn finish(&self) -> (Hash, u64) {
+        (Hash(*self.hasher.finalize().as_bytes()), self.count)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
         self.count += n as u64;
         Ok(n)
     }

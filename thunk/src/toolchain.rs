@@ -77,6 +77,18 @@ pub fn sysroot_of(rustc: &Path) -> Result<PathBuf, ToolchainError> {
         .ok_or_else(|| ToolchainError::NotASysroot { sysroot: real.clone(), missing: "bin/".into() })
 }
 
+/// The sysroot of the `rustc` command (a path, or a name looked up on PATH — a rustup proxy works),
+/// as `rustc --print sysroot` reports it.
+pub fn query_sysroot(rustc: &std::ffi::OsStr) -> Result<PathBuf, ToolchainError> {
+    let error = |message: String| ToolchainError::Probe { rustc: PathBuf::from(rustc), message };
+    let output = Command::new(rustc).args(["--print", "sysroot"]).output().map_err(|e| error(e.to_string()))?;
+    if !output.status.success() {
+        return Err(error(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())));
+    }
+    let text = String::from_utf8(output.stdout).map_err(|_| error("its sysroot is not UTF-8".into()))?;
+    Ok(PathBuf::from(text.trim_end_matches(['\n', '\r'])))
+}
+
 /// Names the toolchain of `sysroot` with std for its host (and `targets`), stores the manifest as a blob
 /// and materializes its tree. A second call with an unchanged sysroot costs a `stat` per file.
 pub async fn name_local_toolchain(

@@ -1,1 +1,5 @@
-fn main() {}
+//! `rustc-model`, the `RUSTC_WRAPPER` of cargo-lambdabuild; its logic is the `rustc-model` crate.
+
+fn main() -> std::process::ExitCode {
+    rustc_model::main()
+}
