@@ -115,3 +115,25 @@ async fn damaged_thunks_and_reductions_are_refused() {
     let err = fixture.store.get_reduction(hash).await.unwrap_err();
     assert!(err.to_string().contains("malformed reduction: EOF while parsing"), "{err}");
 }
+
+#[tokio::test]
+async fn a_stored_thunk_with_an_escaping_path_is_refused_on_read() {
+    let fixture = Fixture::new();
+    let backend = LocalBackend::open(&fixture.store_root()).unwrap();
+    let good = String::from_utf8(fixture.script_thunk("true", &["out"]).await.canonical_bytes()).unwrap();
+    for (from, to, message) in [
+        ("\"run.sh\":{", "\"../x\":{", "unsafe sandbox path `../x`: it has a `..` component"),
+        ("\"run.sh\":{", "\"/etc/passwd\":{", "unsafe sandbox path `/etc/passwd`: it is absolute"),
+        ("[\"out\"]", "[\"../../out\"]", "unsafe sandbox path `../../out`: it has a `..` component"),
+    ] {
+        // Filed under its true hash, as a hostile writer of a shared store could: the name checks out,
+        // the content does not.
+        let bytes = good.replacen(from, to, 1).into_bytes();
+        let hash = Hash::of(&bytes);
+        use thunk::store::Backend;
+        backend.put(ObjectKey::Thunk(hash), zstd::bulk::compress(&bytes, 3).unwrap()).await.unwrap();
+        let err = fixture.store.get_thunk(hash).await.unwrap_err();
+        assert!(matches!(err, StoreError::Decode { .. }), "{err}");
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}
