@@ -125,6 +125,18 @@ fn read_entry(entry: &Path, stat: StatKey) -> Option<Hash> {
 mod tests {
     use super::*;
 
+    /// A cache and a file `f` holding `bytes`, last modified `age` seconds ago.
+    fn setup(bytes: &[u8], age_seconds: u64) -> (tempfile::TempDir, HashCache, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = HashCache::new(dir.path().join("cache"));
+        let file = dir.path().join("f");
+        fs::write(&file, bytes).unwrap();
+        if age_seconds > 0 {
+            age(&file, age_seconds);
+        }
+        (dir, cache, file)
+    }
+
     fn age(path: &Path, seconds: u64) {
         let file = fs::File::options().write(true).open(path).unwrap();
         file.set_modified(SystemTime::now() - Duration::from_secs(seconds)).unwrap();
@@ -132,11 +144,7 @@ mod tests {
 
     #[test]
     fn cached_digest_follows_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = HashCache::new(dir.path().join("cache"));
-        let file = dir.path().join("f");
-        fs::write(&file, b"one").unwrap();
-        age(&file, 60);
+        let (dir, cache, file) = setup(b"one", 60);
         assert_eq!(cache.digest(&file).unwrap().hash, Hash::of(b"one"));
         assert_eq!(fs::read_dir(dir.path().join("cache")).unwrap().count(), 1);
         // Same size, new content and mtime: the entry no longer matches.
@@ -147,11 +155,7 @@ mod tests {
 
     #[test]
     fn a_stale_entry_is_never_trusted() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = HashCache::new(dir.path().join("cache"));
-        let file = dir.path().join("f");
-        fs::write(&file, b"one").unwrap();
-        age(&file, 60);
+        let (dir, cache, file) = setup(b"one", 60);
         cache.digest(&file).unwrap();
         // Rewrite the entry to claim another hash for a different mtime: it must be ignored.
         let entry = fs::read_dir(dir.path().join("cache")).unwrap().next().unwrap().unwrap().path();
@@ -165,10 +169,7 @@ mod tests {
 
     #[test]
     fn recent_files_are_not_cached() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = HashCache::new(dir.path().join("cache"));
-        let file = dir.path().join("f");
-        fs::write(&file, b"fresh").unwrap();
+        let (dir, cache, file) = setup(b"fresh", 0);
         assert_eq!(cache.digest(&file).unwrap().hash, Hash::of(b"fresh"));
         assert!(!dir.path().join("cache").exists());
     }

@@ -26,37 +26,31 @@ fn sysroot() -> PathBuf {
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
-fn lib_args(remap_from: &str) -> Vec<String> {
-    [
-        "--crate-name=greeting",
-        "--edition=2021",
-        "--crate-type=lib",
-        "--emit=dep-info,metadata,link",
-        "-Cdebuginfo=2",
-        "src/lib.rs",
-        "--out-dir=out",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--remap-path-prefix={remap_from}={REMAP_TO}")])
-    .collect()
-}
+const LIB_ARGS: &[&str] = &[
+    "--crate-name=greeting",
+    "--edition=2021",
+    "--crate-type=lib",
+    "--emit=dep-info,metadata,link",
+    "-Cdebuginfo=2",
+    "src/lib.rs",
+    "--out-dir=out",
+];
 
-fn bin_args(remap_from: &str) -> Vec<String> {
-    [
-        "--crate-name=main",
-        "--edition=2021",
-        "--crate-type=bin",
-        "-Cdebuginfo=2",
-        "src/main.rs",
-        "--out-dir=out",
-        "--extern=greeting=deps/libgreeting.rlib",
-        "-Ldependency=deps",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--remap-path-prefix={remap_from}={REMAP_TO}")])
-    .collect()
+const BIN_ARGS: &[&str] = &[
+    "--crate-name=main",
+    "--edition=2021",
+    "--crate-type=bin",
+    "-Cdebuginfo=2",
+    "src/main.rs",
+    "--out-dir=out",
+    "--extern=greeting=deps/libgreeting.rlib",
+    "-Ldependency=deps",
+];
+
+/// `args` plus the remap of `remap_from` (the sandbox token, or the real project directory).
+fn with_remap(args: &[&str], remap_from: &str) -> Vec<String> {
+    let remap = format!("--remap-path-prefix={remap_from}={REMAP_TO}");
+    args.iter().map(|arg| arg.to_string()).chain([remap]).collect()
 }
 
 fn run_rustc(rustc: &Path, cwd: &Path, args: &[String]) {
@@ -88,12 +82,13 @@ async fn real_rustc_in_a_sandbox_matches_rustc_run_directly() {
         timeout_ms: 120_000,
         memory: MemoryClass::Standard,
     };
-    let mut lib = base(&["out/libgreeting.rlib", "out/libgreeting.rmeta", "out/greeting.d"], lib_args(SANDBOX_TOKEN));
+    let mut lib =
+        base(&["out/libgreeting.rlib", "out/libgreeting.rmeta", "out/greeting.d"], with_remap(LIB_ARGS, SANDBOX_TOKEN));
     lib.inputs.insert(path("src/lib.rs"), fixture.blob(LIB_RS.as_bytes(), false).await);
     let lib_reduction = fixture.executor.execute(&lib).await.unwrap();
     assert_eq!(lib_reduction.status, Status::Success, "{}", stderr(&fixture, &lib_reduction).await);
 
-    let mut bin = base(&["out/main"], bin_args(SANDBOX_TOKEN));
+    let mut bin = base(&["out/main"], with_remap(BIN_ARGS, SANDBOX_TOKEN));
     bin.inputs.insert(path("src/main.rs"), fixture.blob(MAIN_RS.as_bytes(), false).await);
     bin.inputs
         .insert(path("deps/libgreeting.rlib"), Input::Link { thunk: lib.hash(), output: path("out/libgreeting.rlib") });
@@ -111,9 +106,9 @@ async fn real_rustc_in_a_sandbox_matches_rustc_run_directly() {
     fs::write(project.join("src/main.rs"), MAIN_RS).unwrap();
     let rustc = sysroot.join("bin/rustc");
     let project_text = project.to_str().unwrap();
-    run_rustc(&rustc, &project, &lib_args(project_text));
+    run_rustc(&rustc, &project, &with_remap(LIB_ARGS, project_text));
     fs::copy(project.join("out/libgreeting.rlib"), project.join("deps/libgreeting.rlib")).unwrap();
-    run_rustc(&rustc, &project, &bin_args(project_text));
+    run_rustc(&rustc, &project, &with_remap(BIN_ARGS, project_text));
 
     for (reduction, output) in [
         (&lib_reduction, "out/libgreeting.rlib"),
