@@ -58,6 +58,7 @@ async fn describe_shows_thunks_placeholders_and_reductions() {
         toolchain,
         program: ProgramPath(path("run.sh")),
         args: vec!["--flag".into()],
+        cwd: None,
         env: BTreeMap::from([("LANG".into(), "C".into())]),
         inputs: BTreeMap::from([(
             path("run.sh"),
@@ -136,6 +137,6 @@ fn describe_explains_what_it_cannot_find() {
     assert_eq!(
         run.stderr,
         "error: cannot describe [ROOT]/thunk.json: thunk has format version 9, but this cargo-lambdabuild \
-         reads version 1; use the same cargo-lambdabuild version that wrote it, or rebuild to write it anew\n"
+         reads version 2; use the same cargo-lambdabuild version that wrote it, or rebuild to write it anew\n"
     );
 }

@@ -4,7 +4,7 @@
 //! 2. Materialize every input, and the directories of every declared output: blobs are hard-linked from a cache of decompressed, verified blobs
 //!    (copied where hard links fail), links are looked up in the producer's reduction, symlinks are made
 //!    and then checked to resolve inside the sandbox.
-//! 3. Run the program with exactly the thunk's env (nothing inherited), cwd at the sandbox root, stdin
+//! 3. Run the program with exactly the thunk's env (nothing inherited), cwd at the thunk's `cwd`, stdin
 //!    closed, stdout and stderr to files, in a process group of its own that is killed whole on timeout,
 //!    on cancellation, and after the program exits (so no stray child outlives its thunk).
 //! 4. Store stdout, stderr and every declared output as blobs — outputs must be regular files inside the
@@ -183,6 +183,13 @@ impl Executor {
         // Tools expect the directories they write into to exist, as cargo creates `--out-dir` for rustc.
         for output in &thunk.outputs {
             make_parents(&root, output)?;
+        }
+        if let Some(cwd) = &thunk.cwd {
+            make_parents(&root, cwd)?;
+            let dir = cwd.under(&root);
+            if !dir.is_dir() {
+                fs::create_dir(&dir).map_err(sandbox_error(format!("cannot create the working directory `{cwd}`")))?;
+            }
         }
         let run = run(thunk, hash, &root, sandbox.path()).await?;
 
@@ -398,7 +405,7 @@ async fn run(thunk: &Thunk, hash: Hash, root: &Path, sandbox: &Path) -> Result<R
         .args(thunk.args.iter().map(expand))
         .env_clear()
         .envs(thunk.env.iter().map(|(name, value)| (name, expand(value))))
-        .current_dir(root)
+        .current_dir(thunk.cwd.as_ref().map_or_else(|| root.to_owned(), |cwd| cwd.under(root)))
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

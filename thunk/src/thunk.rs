@@ -11,7 +11,7 @@ use crate::path::{SandboxPath, resolve_symlink};
 
 /// The revision of the canonical thunk form. Every change to [`Thunk::canonical_bytes`] bumps it, which
 /// renames every thunk (old cache entries are simply never hit again).
-pub const THUNK_VERSION: u32 = 1;
+pub const THUNK_VERSION: u32 = 2;
 
 /// Stands for the absolute path of the sandbox root in `args` and `env` values; the executor expands it.
 /// Used where a tool insists on an absolute path (`CARGO_MANIFEST_DIR`, `OUT_DIR`, remap prefixes).
@@ -30,6 +30,9 @@ pub struct Thunk {
     pub program: ProgramPath,
     /// Its arguments, `@SANDBOX@` expanded by the executor.
     pub args: Vec<String>,
+    /// The working directory, relative to the sandbox root (`None`: the root itself). Cargo runs rustc
+    /// in the workspace or package root with relative source paths, which rustc records as written.
+    pub cwd: Option<SandboxPath>,
     /// Its whole environment: nothing else is inherited. `@SANDBOX@` in values is expanded.
     pub env: BTreeMap<String, String>,
     /// Every file the run may read, by sandbox path.
@@ -115,9 +118,10 @@ struct Canonical<'a> {
     version: u32,
     // 2. The toolchain by manifest hash: rustc, its libraries, std and the linker closure.
     toolchain: &'a Hash,
-    // 3. What runs, in order: the program and every argument.
+    // 3. What runs, in order: the program and every argument, and the directory it runs in.
     program: &'a ProgramPath,
     args: &'a [String],
+    cwd: &'a Option<SandboxPath>,
     // 4. The complete environment, sorted by name.
     env: &'a BTreeMap<String, String>,
     // 5. Every input by sandbox path, sorted: blob (hash, size, mode), link to an output, or symlink.
@@ -140,6 +144,7 @@ struct Wire {
     toolchain: Hash,
     program: ProgramPath,
     args: Vec<String>,
+    cwd: Option<SandboxPath>,
     env: BTreeMap<String, String>,
     inputs: BTreeMap<SandboxPath, Input>,
     outputs: BTreeSet<SandboxPath>,
@@ -158,6 +163,7 @@ impl Thunk {
             toolchain: &self.toolchain,
             program: &self.program,
             args: &self.args,
+            cwd: &self.cwd,
             env: &self.env,
             inputs: &self.inputs,
             outputs: &self.outputs,
@@ -179,6 +185,7 @@ impl Thunk {
             toolchain: wire.toolchain,
             program: wire.program,
             args: wire.args,
+            cwd: wire.cwd,
             env: wire.env,
             inputs: wire.inputs,
             outputs: wire.outputs,
@@ -209,6 +216,11 @@ impl Thunk {
                     return invalid(format!("`{path}` lies under the output `{ancestor}`"));
                 }
             }
+        }
+        if let Some(cwd) = &self.cwd
+            && (self.inputs.contains_key(cwd) || self.outputs.contains(cwd))
+        {
+            return invalid(format!("the working directory `{cwd}` is also a file"));
         }
         for (path, input) in &self.inputs {
             if let Input::Symlink { target } = input
@@ -242,6 +254,7 @@ mod tests {
             toolchain: Hash::of(b"toolchain"),
             program: ProgramPath(SandboxPath::program("_toolchain/bin/rustc").unwrap()),
             args: vec!["--crate-name".into(), "demo".into(), "src/lib.rs".into()],
+            cwd: Some(path("pkg")),
             env: BTreeMap::from([
                 ("CARGO_PKG_NAME".into(), "demo".into()),
                 ("CARGO_MANIFEST_DIR".into(), "@SANDBOX@/pkg".into()),
@@ -264,9 +277,9 @@ mod tests {
         assert_eq!(
             text,
             concat!(
-                r#"{"kind":"thunk","version":1,"#,
+                r#"{"kind":"thunk","version":2,"#,
                 r#""toolchain":"dd9765724d63cedb171573e96d87aad8c17ca281055f5b639c94761ea2da5c9e","#,
-                r#""program":"_toolchain/bin/rustc","args":["--crate-name","demo","src/lib.rs"],"#,
+                r#""program":"_toolchain/bin/rustc","args":["--crate-name","demo","src/lib.rs"],"cwd":"pkg","#,
                 r#""env":{"CARGO_MANIFEST_DIR":"@SANDBOX@/pkg","CARGO_PKG_NAME":"demo"},"#,
                 r#""inputs":{"#,
                 r#""deps/libdep.rmeta":{"kind":"link","#,
@@ -281,7 +294,7 @@ mod tests {
         );
         // The golden hash: if this changes, every cache entry in every store is orphaned. Bump
         // THUNK_VERSION when you mean it, and update this line.
-        assert_eq!(thunk.hash().to_hex(), "95a5c401d55a78a8714ed364f1289af8a77aedbe66361d4ae6a29362c56bedd5");
+        assert_eq!(thunk.hash().to_hex(), "8f00a0f2638520e3d7e823c0c485dba562d1d12f09a17fc8d914e2e316464c17");
     }
 
     #[test]
@@ -306,9 +319,9 @@ mod tests {
     #[test]
     fn unknown_version_and_kind_are_named() {
         let text = String::from_utf8(sample().canonical_bytes()).unwrap();
-        let future = text.replacen("\"version\":1", "\"version\":7", 1);
+        let future = text.replacen("\"version\":2", "\"version\":7", 1);
         let err = Thunk::decode(future.as_bytes()).unwrap_err();
-        assert!(matches!(err, DecodeError::UnsupportedVersion { found: 7, supported: 1, .. }), "{err}");
+        assert!(matches!(err, DecodeError::UnsupportedVersion { found: 7, supported: 2, .. }), "{err}");
         assert!(err.to_string().contains("format version 7"), "{err}");
         let reduction = text.replacen("\"kind\":\"thunk\"", "\"kind\":\"reduction\"", 1);
         let err = Thunk::decode(reduction.as_bytes()).unwrap_err();

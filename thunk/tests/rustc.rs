@@ -75,6 +75,7 @@ async fn real_rustc_in_a_sandbox_matches_rustc_run_directly() {
         toolchain: toolchain.hash,
         program: ProgramPath(SandboxPath::program("_toolchain/bin/rustc").unwrap()),
         args,
+        cwd: None,
         // rustc finds `cc` for linking on PATH; nothing else of this process reaches it.
         env: BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]),
         inputs: BTreeMap::new(),

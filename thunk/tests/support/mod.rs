@@ -48,6 +48,7 @@ impl Fixture {
             toolchain: no_toolchain(),
             program: ProgramPath(path("run.sh")),
             args: vec![],
+            cwd: None,
             env: BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())]),
             inputs,
             outputs: outputs.iter().map(|o| path(o)).collect::<BTreeSet<_>>(),
