@@ -7,12 +7,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Build Rust projects as a graph of content-addressed thunks, forced locally or on AWS Lambda.
 #[derive(Debug, Parser)]
 #[command(name = "cargo-lambdabuild", bin_name = "cargo lambdabuild", version, about, long_about = None)]
-#[command(arg_required_else_help = true)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Without a subcommand, `cargo lambdabuild` builds: it takes `cargo build`'s flags.
+    #[command(flatten)]
+    pub build: BuildArgs,
 }
 
 /// Options every subcommand takes.
@@ -47,6 +50,10 @@ pub enum ColorChoice {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build like `cargo build`, as a graph of thunks forced on an engine (the default subcommand)
+    Build(Box<BuildArgs>),
+    /// Build the real files behind placeholders
+    Force(ForceArgs),
     /// Show a thunk, placeholder, reduction or toolchain in readable form
     Describe(DescribeArgs),
     /// Name the local rustc toolchain: hash its files, store its manifest, prepare it for the executor
@@ -76,4 +83,101 @@ pub struct ToolchainArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+}
+
+/// `cargo lambdabuild [build]`: cargo build's flags, and the engine.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BuildArgs {
+    /// Build with the release profile
+    #[arg(short, long)]
+    pub release: bool,
+    /// Build with the given profile
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Package(s) to build
+    #[arg(short, long, value_name = "SPEC")]
+    pub package: Vec<String>,
+    /// Build all packages in the workspace
+    #[arg(long)]
+    pub workspace: bool,
+    /// Exclude packages from the build
+    #[arg(long, value_name = "SPEC")]
+    pub exclude: Vec<String>,
+    /// Space or comma separated list of features to activate
+    #[arg(short = 'F', long, value_name = "FEATURES")]
+    pub features: Vec<String>,
+    /// Activate all available features
+    #[arg(long)]
+    pub all_features: bool,
+    /// Do not activate the `default` feature
+    #[arg(long)]
+    pub no_default_features: bool,
+    /// Build only this package's library
+    #[arg(long)]
+    pub lib: bool,
+    /// Build only the specified binary
+    #[arg(long, value_name = "NAME")]
+    pub bin: Vec<String>,
+    /// Build all binaries
+    #[arg(long)]
+    pub bins: bool,
+    /// Build only the specified example
+    #[arg(long, value_name = "NAME")]
+    pub example: Vec<String>,
+    /// Build all examples
+    #[arg(long)]
+    pub examples: bool,
+    /// Build only the specified test target
+    #[arg(long, value_name = "NAME")]
+    pub test: Vec<String>,
+    /// Build all targets that have `test = true` set
+    #[arg(long)]
+    pub tests: bool,
+    /// Build all benches
+    #[arg(long)]
+    pub benches: bool,
+    /// Build all targets
+    #[arg(long)]
+    pub all_targets: bool,
+    /// Build for the target triple
+    #[arg(long, value_name = "TRIPLE")]
+    pub target: Vec<String>,
+    /// Path to Cargo.toml
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// Directory for all generated artifacts (lambdabuild builds in its `lambdabuild/` subdirectory)
+    #[arg(long, value_name = "DIRECTORY")]
+    pub target_dir: Option<PathBuf>,
+    /// Assert that `Cargo.lock` will remain unchanged
+    #[arg(long)]
+    pub locked: bool,
+    /// Run without accessing the network
+    #[arg(long)]
+    pub offline: bool,
+    /// Equivalent to specifying both --locked and --offline
+    #[arg(long)]
+    pub frozen: bool,
+    /// Number of parallel jobs cargo runs while modelling the build
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<u32>,
+    /// Error format: human, or json (cargo's messages with real paths, then a `lambdabuild-finished` line)
+    #[arg(long, value_name = "FMT", default_value = "human")]
+    pub message_format: String,
+    /// Where thunks run: `local=N` (N processes on this machine) [default: local=<cores>]
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
+    /// Stop after the model phase and report the graph's size
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `cargo lambdabuild force`.
+#[derive(Debug, Args)]
+pub struct ForceArgs {
+    /// Placeholder files to build for real
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Where thunks run: `local=N` [default: local=<cores>]
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
 }

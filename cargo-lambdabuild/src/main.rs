@@ -30,9 +30,15 @@ fn run(cli: cli::Cli, shell: &shell::Shell) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
-            cli::Command::Describe(args) => ops::describe::run(&cli.global, args, shell).await,
-            cli::Command::Toolchain(args) => ops::toolchain::run(&cli.global, args, shell).await,
+            None => ops::build::run(&cli.global, cli.build, shell).await,
+            Some(cli::Command::Build(args)) => ops::build::run(&cli.global, *args, shell).await,
+            Some(cli::Command::Force(args)) => ops::build::force_paths(&cli.global, args, shell).await,
+            Some(cli::Command::Describe(args)) => {
+                ops::describe::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
+            }
+            Some(cli::Command::Toolchain(args)) => {
+                ops::toolchain::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
+            }
         }
-    })?;
-    Ok(ExitCode::SUCCESS)
+    })
 }

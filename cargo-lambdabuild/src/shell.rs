@@ -10,6 +10,7 @@ use crate::cli::{ColorChoice, GlobalArgs};
 const STATUS: Style = AnsiColor::Green.on_default().bold();
 const ERROR: Style = AnsiColor::Red.on_default().bold();
 const NOTE: Style = AnsiColor::Cyan.on_default().bold();
+const WARNING: Style = AnsiColor::Yellow.on_default().bold();
 
 /// Where the human-readable output goes.
 pub struct Shell {
@@ -45,6 +46,18 @@ impl Shell {
     /// `error: …`, always shown.
     pub fn error(&self, message: &str) {
         self.write_stderr(&format!("{ERROR}error{ERROR:#}: {message}\n"));
+    }
+
+    /// `warning: …`, unless quiet.
+    pub fn warning(&self, message: &str) {
+        if !self.quiet {
+            self.write_stderr(&format!("{WARNING}warning{WARNING:#}: {message}\n"));
+        }
+    }
+
+    /// Text that is already formatted (rustc's rendered diagnostics); colours stripped when not a terminal.
+    pub fn raw_stderr(&self, text: &str) {
+        self.write_stderr(text);
     }
 
     /// A result for the user on stdout (colours stripped unless stdout is a terminal too).

@@ -1,14 +1,39 @@
 //! `rustc-model`: the `RUSTC_WRAPPER` that turns cargo's rustc calls into thunks.
 //!
-//! Cargo runs `$RUSTC_WRAPPER /path/to/rustc ARGS…`. Every call the model does not fully understand runs
-//! the real rustc unchanged, so a build through the wrapper is never wrong. In this version the model
-//! classifies nothing yet: every call is passed through, which makes `RUSTC_WRAPPER=rustc-model`
-//! behave exactly like no wrapper at all.
+//! Cargo runs `$RUSTC_WRAPPER /path/to/rustc ARGS…`. Inside a `cargo lambdabuild` session (the
+//! `LAMBDABUILD_SESSION` variable names its directory) each call is classified ([`args`]):
+//!
+//! - a probe (`-vV`, `--print`, source on stdin) runs the real rustc;
+//! - a crate the model understands becomes a thunk ([`model`]) with placeholders at its outputs, a
+//!   dep-info listing every file of the package, and the artifact notifications cargo waits for; a
+//!   build script is also forced at once, because cargo runs it next;
+//! - anything else runs the real rustc, after its dependencies are made real, with a reason recorded for
+//!   the build summary. An unknown flag can never produce a wrong build.
+//!
+//! Outside a session every call runs the real rustc unchanged.
 #![deny(missing_docs)]
+
+pub mod args;
+pub mod model;
+pub mod scan;
+pub mod session;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
+
+use thunk::force::Forcer;
+use thunk::placeholder::Placeholder;
+use thunk::reduction::Status;
+use thunk::toolchain::{name_local_toolchain, sysroot_of};
+use thunk::workdir::Workdir;
+use thunk::{Hash, Input, LocalBackend, Store};
+
+use crate::args::{Call, Emit, Parsed};
+use crate::model::{Context, ModelError, Modelled};
+use crate::session::{Record, Session};
 
 /// Runs the wrapper on this process's arguments.
 pub fn main() -> ExitCode {
@@ -18,7 +43,257 @@ pub fn main() -> ExitCode {
         return ExitCode::from(101);
     };
     let args: Vec<OsString> = args.collect();
-    pass_through(&rustc, &args)
+    let Some(session_dir) = thunk::env::session_dir() else {
+        return pass_through(&rustc, &args);
+    };
+    let Some(text_args) = args.iter().map(|a| a.to_str().map(str::to_owned)).collect::<Option<Vec<String>>>() else {
+        return pass_through(&rustc, &args);
+    };
+    let session = match Session::open(&session_dir) {
+        Ok(session) => session,
+        Err(error) => {
+            eprintln!("error: rustc-model: cannot open the session {}: {error}", session_dir.display());
+            return ExitCode::from(101);
+        }
+    };
+    let call = match args::parse(&text_args) {
+        Parsed::Probe => return pass_through(&rustc, &args),
+        Parsed::PassThrough(reason) => {
+            let crate_name = crate_name_of(&text_args);
+            return run_for_real(&session, &rustc, &args, &crate_name, reason.to_owned(), None);
+        }
+        Parsed::Unit(call) => call,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: rustc-model: cannot start: {error}");
+            return ExitCode::from(101);
+        }
+    };
+    match runtime.block_on(model_call(&session, Path::new(&rustc), &call)) {
+        Ok(code) => code,
+        Err(ModelError::PassThrough(reason)) => {
+            run_for_real(&session, &rustc, &args, &call.crate_name, reason.to_owned(), Some(&call))
+        }
+        Err(error) => {
+            // A failure of the model is never allowed to fail the build: rustc can still do it.
+            eprintln!("warning: rustc-model: {error:#}; running rustc for `{}` directly", call.crate_name);
+            run_for_real(&session, &rustc, &args, &call.crate_name, format!("the model failed: {error}"), Some(&call))
+        }
+    }
+}
+
+fn crate_name_of(args: &[String]) -> String {
+    let position = args.iter().position(|a| a == "--crate-name");
+    position.and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| "?".into())
+}
+
+struct Opened {
+    store: Store,
+    workdir: Workdir,
+}
+
+fn open(session: &Session) -> Result<Opened, ModelError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ModelError::Io { path, source }
+    };
+    let backend = LocalBackend::open(&session.config.store).map_err(io(&session.config.store))?;
+    let workdir = Workdir::open(&session.config.store).map_err(io(&session.config.store))?;
+    Ok(Opened { store: Store::new(Arc::new(backend)), workdir })
+}
+
+async fn model_call(session: &Session, rustc: &Path, call: &Call) -> Result<ExitCode, ModelError> {
+    let Opened { store, workdir } = open(session)?;
+    let sysroot = sysroot_of(rustc).map_err(|_| ModelError::PassThrough("a rustc outside a sysroot"))?;
+    let toolchain = if sysroot == session.config.sysroot {
+        session.config.toolchain
+    } else {
+        name_local_toolchain(&sysroot, &[], &workdir, &store)
+            .await
+            .map_err(|_| ModelError::PassThrough("a rustc whose toolchain cannot be named"))?
+            .hash
+    };
+    let cwd = std::env::current_dir().map_err(|source| ModelError::Io { path: ".".into(), source })?;
+    let env = thunk::env::snapshot();
+    let context = Context {
+        cwd: &cwd,
+        env: &env,
+        store: &store,
+        workdir: &workdir,
+        toolchain,
+        target_dir: &session.config.target_dir,
+    };
+    let modelled = model::model(call, &context).await?;
+    if call.is_build_script() {
+        return force_build_script(session, &store, &workdir, call, &modelled).await;
+    }
+    let record = Record::Thunk {
+        crate_name: call.crate_name.clone(),
+        thunk: modelled.hash,
+        build_script: false,
+        forced: Vec::new(),
+    };
+    let _ = session.record(&record);
+    write_placeholders(&modelled)?;
+    if call.artifact_notifications {
+        for (path, _, emit) in &modelled.outputs {
+            eprintln!("{}", artifact_notification(path, *emit));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// rustc's own artifact message, which cargo waits for (the rmeta one unblocks dependents).
+fn artifact_notification(path: &Path, emit: Emit) -> String {
+    let emit = match emit {
+        Emit::DepInfo => "dep-info",
+        Emit::Metadata => "metadata",
+        Emit::Link => "link",
+    };
+    serde_json::json!({ "$message_type": "artifact", "artifact": path, "emit": emit }).to_string()
+}
+
+fn write_placeholders(modelled: &Modelled) -> Result<(), ModelError> {
+    for (path, sandbox, emit) in &modelled.outputs {
+        let io = |source| ModelError::Io { path: path.clone(), source };
+        if *emit == Emit::DepInfo {
+            std::fs::write(path, model::placeholder_dep_info(modelled)).map_err(io)?;
+            continue;
+        }
+        let executable =
+            *emit == Emit::Link && !sandbox.as_str().ends_with(".rlib") && !sandbox.as_str().ends_with(".a");
+        let placeholder = Placeholder { thunk: modelled.hash, output: sandbox.clone() };
+        placeholder
+            .write(path, executable)
+            .map_err(|e| ModelError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
+    }
+    Ok(())
+}
+
+/// Cargo runs a build script as soon as its compile returns, so it is forced now, with everything it
+/// links, and its real outputs written. rustc's own messages go to cargo as rustc would send them.
+async fn force_build_script(
+    session: &Session,
+    store: &Store,
+    workdir: &Workdir,
+    call: &Call,
+    modelled: &Modelled,
+) -> Result<ExitCode, ModelError> {
+    let forcer = Forcer::new(store.clone(), workdir.clone(), session.config.slots);
+    let forced = match forcer.force(modelled.hash).await {
+        Ok(forced) => forced,
+        Err(error) => {
+            eprintln!("error: cannot build the build script: {error}");
+            return Ok(ExitCode::from(101));
+        }
+    };
+    let forced_here = forcer
+        .outcomes()
+        .into_iter()
+        .filter_map(|(hash, outcome)| outcome.ok().map(|forced| (hash, forced.cached)))
+        .collect();
+    let record = Record::Thunk {
+        crate_name: call.crate_name.clone(),
+        thunk: modelled.hash,
+        build_script: true,
+        forced: forced_here,
+    };
+    let _ = session.record(&record);
+    let stderr = store.get_blob(forced.reduction.stderr.hash).await?;
+    eprint!("{}", String::from_utf8_lossy(&stderr));
+    match &forced.reduction.status {
+        Status::Success => {}
+        Status::Exit { code } => return Ok(ExitCode::from(u8::try_from(*code).unwrap_or(1))),
+        Status::MissingOutput { path } => {
+            eprintln!("error: rustc did not write `{path}`");
+            return Ok(ExitCode::from(101));
+        }
+    }
+    realize_outputs(store, workdir, modelled.hash, &forced.reduction).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes every output of a forced thunk at its real path, unless it is already there.
+async fn realize_outputs(
+    store: &Store,
+    workdir: &Workdir,
+    thunk: Hash,
+    reduction: &thunk::Reduction,
+) -> Result<(), ModelError> {
+    let cache = workdir.hash_cache();
+    for (output, file) in &reduction.outputs {
+        let path = Path::new("/").join(output.as_str());
+        if cache.digest(&path).is_ok_and(|digest| digest.hash == file.hash) {
+            continue;
+        }
+        let bytes = store.get_blob(file.hash).await?;
+        thunk::realize::realize(&path, &bytes, file.executable)
+            .map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let _ = workdir.record_realized(&path, thunk, output, file.hash);
+    }
+    Ok(())
+}
+
+/// Runs the real rustc for a call the model does not take, after forcing and writing out every
+/// dependency that is still a placeholder (rustc needs their bytes).
+fn run_for_real(
+    session: &Session,
+    rustc: &OsString,
+    args: &[OsString],
+    crate_name: &str,
+    reason: String,
+    call: Option<&Call>,
+) -> ExitCode {
+    let _ = session.record(&Record::PassThrough { crate_name: crate_name.to_owned(), reason });
+    if let Some(call) = call
+        && let Err(error) = make_dependencies_real(session, call)
+    {
+        eprintln!("error: rustc-model: cannot build the dependencies of `{crate_name}`: {error:#}");
+        return ExitCode::from(101);
+    }
+    pass_through(rustc, args)
+}
+
+fn make_dependencies_real(session: &Session, call: &Call) -> Result<(), ModelError> {
+    let placeholders: Vec<(PathBuf, Placeholder)> = call
+        .externs
+        .iter()
+        .filter_map(|path| Placeholder::read(path).ok().flatten().map(|p| (path.clone(), p)))
+        .collect();
+    if placeholders.is_empty() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ModelError::Io { path: ".".into(), source })?;
+    runtime.block_on(async {
+        let Opened { store, workdir } = open(session)?;
+        let forcer = Forcer::new(store.clone(), workdir.clone(), session.config.slots);
+        let mut thunks: Vec<Hash> = placeholders.iter().map(|(_, p)| p.thunk).collect();
+        for (_, placeholder) in &placeholders {
+            let producer = store.get_thunk(placeholder.thunk).await?;
+            thunks.extend(producer.inputs.values().filter_map(|input| match input {
+                Input::Link { thunk, .. } => Some(*thunk),
+                _ => None,
+            }));
+        }
+        thunks.sort();
+        thunks.dedup();
+        for thunk in thunks {
+            let forced = forcer.force(thunk).await.map_err(|e| ModelError::Io {
+                path: PathBuf::from(thunk.to_hex()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            if !forced.reduction.succeeded() {
+                return Err(ModelError::PassThrough("a dependency failed to compile"));
+            }
+            realize_outputs(&store, &workdir, thunk, &forced.reduction).await?;
+        }
+        Ok(())
+    })
 }
 
 /// Replaces this process with the real rustc; returns only if it could not be started.

@@ -13,8 +13,12 @@ use crate::support::Env;
 fn help_lists_the_subcommands() {
     let run = Env::new().lambdabuild(&["--help"]).success();
     assert!(run.stdout.starts_with("Build Rust projects"), "{}", run.stdout);
-    assert!(run.stdout.contains("Usage: cargo lambdabuild [OPTIONS] <COMMAND>"), "{}", run.stdout);
-    for subcommand in ["describe", "toolchain"] {
+    assert!(
+        run.stdout.contains("Usage: cargo lambdabuild [OPTIONS]\n       cargo lambdabuild <COMMAND>"),
+        "{}",
+        run.stdout
+    );
+    for subcommand in ["build", "force", "describe", "toolchain"] {
         assert!(run.stdout.contains(&format!("\n  {subcommand} ")), "{subcommand} missing:\n{}", run.stdout);
     }
 }

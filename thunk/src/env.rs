@@ -22,3 +22,24 @@ pub fn default_store_dir() -> Option<PathBuf> {
 pub fn search_path() -> Option<OsString> {
     std::env::var_os("PATH")
 }
+
+/// The directory of the `cargo lambdabuild` session a wrapper belongs to, if any.
+pub const SESSION_VAR: &str = "LAMBDABUILD_SESSION";
+
+/// The session directory from the environment.
+pub fn session_dir() -> Option<PathBuf> {
+    std::env::var_os(SESSION_VAR).filter(|value| !value.is_empty()).map(PathBuf::from)
+}
+
+/// The whole environment of this process, for the model to choose from. Values that are not UTF-8
+/// are left out: no thunk can carry them.
+pub fn snapshot() -> std::collections::BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
+}
+
+/// The cargo that ran this subcommand (`CARGO`), to run the same one again.
+pub fn cargo() -> Option<PathBuf> {
+    std::env::var_os("CARGO").filter(|value| !value.is_empty()).map(PathBuf::from)
+}

@@ -79,6 +79,12 @@ pub enum ExecError {
         /// The output asked for.
         output: SandboxPath,
     },
+    /// An input file is not what the thunk says it is (edited since the graph was made).
+    #[error("{path} changed after the build graph was made; run the build again")]
+    InputChanged {
+        /// The file.
+        path: PathBuf,
+    },
     /// A blob's size differs from what the thunk says.
     #[error("input `{input}`: blob {hash} has {actual} bytes, but the thunk says {expected}")]
     SizeMismatch {
@@ -146,6 +152,21 @@ fn sandbox_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> ExecEr
     move |source| ExecError::Sandbox { context, source }
 }
 
+/// The argument that maps sandbox paths back to real ones: the model adds it to every rustc thunk. In
+/// place it would map nothing and only change rustc's metadata (a matching remap is recorded in the
+/// crate), so [`Executor::execute_in_place`] drops it.
+pub const MIRROR_REMAP: &str = "--remap-path-prefix=@SANDBOX@=";
+
+/// A thunk run in place, and the files its dep-info says it read that it did not declare.
+#[derive(Debug)]
+pub struct InPlace {
+    /// The outcome; stored only when `undeclared` is empty.
+    pub reduction: Reduction,
+    /// Files rustc read that are not inputs of the thunk: the outputs are right for this machine, but
+    /// the thunk does not name all it depends on, so its reduction is not cached.
+    pub undeclared: Vec<PathBuf>,
+}
+
 /// Runs thunks on this machine.
 #[derive(Debug, Clone)]
 pub struct Executor {
@@ -191,7 +212,13 @@ impl Executor {
                 fs::create_dir(&dir).map_err(sandbox_error(format!("cannot create the working directory `{cwd}`")))?;
             }
         }
-        let run = run(thunk, hash, &root, sandbox.path()).await?;
+        let root_text = root.to_str().ok_or_else(|| ExecError::Sandbox {
+            context: format!("the sandbox path {} is not UTF-8", root.display()),
+            source: io::ErrorKind::InvalidInput.into(),
+        })?;
+        let cwd = thunk.cwd.as_ref().map_or_else(|| root.clone(), |cwd| cwd.under(&root));
+        let launch = Launch::new(thunk, root_text, thunk.program.0.under(&root), cwd, sandbox.path());
+        let run = run(thunk, hash, launch).await?;
 
         let stdout = self.store_file(&sandbox.path().join("stdout")).await?;
         let stderr = self.store_file(&sandbox.path().join("stderr")).await?;
@@ -223,6 +250,140 @@ impl Executor {
         // Last: every blob the reduction names is already in the store.
         self.store.put_reduction(&reduction).await?;
         Ok(reduction)
+    }
+
+    /// Runs `thunk` where its files really are: the sandbox root stands for `/`, so the sandbox path
+    /// `home/me/app/src/main.rs` is `/home/me/app/src/main.rs`. This is how the local engine runs rustc:
+    /// paths, `env!("CARGO_MANIFEST_DIR")` and rustc's metadata come out exactly as in a plain cargo
+    /// build. Blob inputs must already hold their bytes (checked through the hash cache); link inputs are
+    /// written in place from the producer's reduction in `producers` (or the store) when they differ.
+    /// Outputs keep the mtime of the placeholders they replace. The dep-info rustc writes is checked
+    /// against the declared inputs: a run that read anything else is not cached.
+    pub async fn execute_in_place(
+        &self,
+        thunk: &Thunk,
+        producers: &std::collections::HashMap<Hash, std::sync::Arc<Reduction>>,
+    ) -> Result<InPlace, ExecError> {
+        thunk.validate()?;
+        let hash = thunk.hash();
+        let toolchain = self.workdir.toolchain_dir(thunk.toolchain);
+        if !toolchain.is_dir() {
+            return Err(ExecError::ToolchainUnavailable { hash: thunk.toolchain });
+        }
+        let real = |path: &SandboxPath| Path::new("/").join(path.as_str());
+        let cache = self.workdir.hash_cache();
+        for (path, input) in &thunk.inputs {
+            let file = real(path);
+            match input {
+                Input::Blob { hash: expected, size, .. } => {
+                    let digest =
+                        cache.digest(&file).map_err(sandbox_error(format!("cannot read input {}", file.display())))?;
+                    if digest.hash != *expected || digest.size != *size {
+                        return Err(ExecError::InputChanged { path: file });
+                    }
+                }
+                Input::Link { thunk: producer, output } => {
+                    let reduction = match producers.get(producer) {
+                        Some(reduction) => std::sync::Arc::clone(reduction),
+                        None => std::sync::Arc::new(
+                            self.store
+                                .get_reduction(*producer)
+                                .await?
+                                .ok_or_else(|| ExecError::LinkNotForced { input: path.clone(), thunk: *producer })?,
+                        ),
+                    };
+                    if !reduction.succeeded() {
+                        return Err(ExecError::LinkFailed { input: path.clone(), thunk: *producer });
+                    }
+                    let produced = reduction.outputs.get(output).ok_or_else(|| ExecError::LinkMissingOutput {
+                        input: path.clone(),
+                        thunk: *producer,
+                        output: output.clone(),
+                    })?;
+                    let current = cache.digest(&file).ok();
+                    if current.is_none_or(|digest| digest.hash != produced.hash) {
+                        let bytes = self.store.get_blob(produced.hash).await?;
+                        crate::realize::realize(&file, &bytes, produced.executable)
+                            .map_err(sandbox_error(format!("cannot write {}", file.display())))?;
+                        let _ = self.workdir.record_realized(&file, *producer, output, produced.hash);
+                    }
+                }
+                Input::Symlink { target } => {
+                    if fs::read_link(&file).ok().as_deref() != Some(Path::new(target)) {
+                        return Err(ExecError::InputChanged { path: file });
+                    }
+                }
+            }
+        }
+        let mut previous_mtimes = Vec::new();
+        for output in &thunk.outputs {
+            let file = real(output);
+            if let Some(dir) = file.parent() {
+                fs::create_dir_all(dir).map_err(sandbox_error(format!("cannot create {}", dir.display())))?;
+            }
+            previous_mtimes.push(fs::metadata(&file).and_then(|m| m.modified()).ok());
+        }
+        let sandboxes = self.workdir.sandboxes_dir();
+        let capture = tempfile::Builder::new()
+            .prefix("in-place-")
+            .tempdir_in(&sandboxes)
+            .map_err(sandbox_error(format!("cannot create a directory in {}", sandboxes.display())))?;
+        let program = match thunk.program.0.as_str().strip_prefix("_toolchain/") {
+            Some(rest) => toolchain.join(rest),
+            None => real(&thunk.program.0),
+        };
+        let cwd = thunk.cwd.as_ref().map_or_else(|| PathBuf::from("/"), real);
+        let mut launch = Launch::new(thunk, "", program, cwd.clone(), capture.path());
+        let dropped_remap = MIRROR_REMAP.replace(SANDBOX_TOKEN, "");
+        launch.args.retain(|arg| *arg != dropped_remap);
+        let run = run(thunk, hash, launch).await?;
+
+        let stdout = self.store_file(&capture.path().join("stdout")).await?;
+        let stderr = self.store_file(&capture.path().join("stderr")).await?;
+        let mut status = match run.exit_code {
+            0 => Status::Success,
+            code => Status::Exit { code },
+        };
+        let mut outputs = std::collections::BTreeMap::new();
+        let mut undeclared = Vec::new();
+        if status == Status::Success {
+            for (output, previous) in thunk.outputs.iter().zip(previous_mtimes) {
+                let file = real(output);
+                let metadata = match fs::symlink_metadata(&file) {
+                    Ok(metadata) if metadata.is_file() => metadata,
+                    Ok(_) => {
+                        return Err(ExecError::UnsafeOutput {
+                            path: output.clone(),
+                            reason: "it is not a regular file".into(),
+                        });
+                    }
+                    Err(_) => {
+                        status = Status::MissingOutput { path: output.clone() };
+                        outputs.clear();
+                        break;
+                    }
+                };
+                if output.as_str().ends_with(".d") {
+                    undeclared.extend(undeclared_reads(&file, &cwd, thunk));
+                }
+                let stored = self.store_file(&file).await?;
+                if let Some(mtime) = previous {
+                    let _ = fs::File::options().write(true).open(&file).and_then(|f| f.set_modified(mtime));
+                }
+                let executable = metadata.permissions().mode() & 0o100 != 0;
+                let _ = self.workdir.record_realized(&file, hash, output, stored.hash);
+                outputs.insert(output.clone(), OutputFile { hash: stored.hash, size: stored.size, executable });
+            }
+        }
+        let mut reduction = Reduction::new(hash, status, stdout, stderr);
+        reduction.outputs = outputs;
+        reduction.duration_ms = run.duration.as_millis() as u64;
+        reduction.peak_memory_kib = run.peak_memory_kib;
+        reduction.engine = self.engine.clone();
+        if undeclared.is_empty() {
+            self.store.put_reduction(&reduction).await?;
+        }
+        Ok(InPlace { reduction, undeclared })
     }
 
     async fn materialize(&self, thunk: &Thunk, root: &Path) -> Result<(), ExecError> {
@@ -368,6 +529,45 @@ impl Executor {
     }
 }
 
+/// The files a rustc dep-info lists as read that are not inputs of `thunk` (paths resolved against the
+/// run's `cwd`). rustc lists every source file and every `include_*!` file it read.
+fn undeclared_reads(dep_info: &Path, cwd: &Path, thunk: &Thunk) -> Vec<PathBuf> {
+    let Ok(text) = fs::read_to_string(dep_info) else {
+        return vec![dep_info.to_owned()];
+    };
+    let declared: std::collections::HashSet<PathBuf> =
+        thunk.inputs.keys().map(|path| Path::new("/").join(path.as_str())).collect();
+    let mut undeclared = Vec::new();
+    for line in text.lines() {
+        // `file:` lines with nothing after the colon name each dependency once.
+        let Some(file) = line.strip_suffix(':') else { continue };
+        if line.starts_with('#') || file.contains(": ") {
+            continue;
+        }
+        let file = file.replace("\\ ", " ");
+        let path = normalize(&cwd.join(&file));
+        if !declared.contains(&path) {
+            undeclared.push(path);
+        }
+    }
+    undeclared
+}
+
+/// `a/b/../c` → `a/c`, without touching the filesystem (rustc writes `src/../README.md` as given).
+fn normalize(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
 /// Creates the directories above `path`, refusing to go through anything that is not a real directory.
 fn make_parents(root: &Path, path: &SandboxPath) -> Result<(), ExecError> {
     for ancestor in path.ancestors() {
@@ -392,20 +592,39 @@ struct RunResult {
     peak_memory_kib: u64,
 }
 
-async fn run(thunk: &Thunk, hash: Hash, root: &Path, sandbox: &Path) -> Result<RunResult, ExecError> {
-    let root_text = root.to_str().ok_or_else(|| ExecError::Sandbox {
-        context: format!("the sandbox path {} is not UTF-8", root.display()),
-        source: io::ErrorKind::InvalidInput.into(),
-    })?;
-    let expand = |text: &String| text.replace(SANDBOX_TOKEN, root_text);
-    let stdout = fs::File::create(sandbox.join("stdout")).map_err(sandbox_error("cannot create stdout"))?;
-    let stderr = fs::File::create(sandbox.join("stderr")).map_err(sandbox_error("cannot create stderr"))?;
-    let mut command = Command::new(thunk.program.0.under(root));
+/// One process to start: everything already expanded to real paths.
+struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    /// Where `stdout` and `stderr` are written.
+    capture_dir: PathBuf,
+}
+
+impl Launch {
+    /// The thunk's process with `@SANDBOX@` standing for `root` (the empty string in place).
+    fn new(thunk: &Thunk, root_text: &str, program: PathBuf, cwd: PathBuf, capture_dir: &Path) -> Launch {
+        let expand = |text: &String| text.replace(SANDBOX_TOKEN, root_text);
+        Launch {
+            program,
+            args: thunk.args.iter().map(expand).collect(),
+            env: thunk.env.iter().map(|(name, value)| (name.clone(), expand(value))).collect(),
+            cwd,
+            capture_dir: capture_dir.to_owned(),
+        }
+    }
+}
+
+async fn run(thunk: &Thunk, hash: Hash, launch: Launch) -> Result<RunResult, ExecError> {
+    let stdout = fs::File::create(launch.capture_dir.join("stdout")).map_err(sandbox_error("cannot create stdout"))?;
+    let stderr = fs::File::create(launch.capture_dir.join("stderr")).map_err(sandbox_error("cannot create stderr"))?;
+    let mut command = Command::new(&launch.program);
     command
-        .args(thunk.args.iter().map(expand))
+        .args(&launch.args)
         .env_clear()
-        .envs(thunk.env.iter().map(|(name, value)| (name, expand(value))))
-        .current_dir(thunk.cwd.as_ref().map_or_else(|| root.to_owned(), |cwd| cwd.under(root)))
+        .envs(launch.env)
+        .current_dir(&launch.cwd)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

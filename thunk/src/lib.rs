@@ -6,11 +6,13 @@
 pub mod decode;
 pub mod env;
 pub mod exec;
+pub mod force;
 pub mod hash;
 pub mod hashcache;
 pub mod manifest;
 pub mod path;
 pub mod placeholder;
+pub mod realize;
 pub mod reduction;
 pub mod store;
 pub mod thunk;

@@ -5,6 +5,8 @@
 //! <store>/work/toolchains/<hash>  materialized toolchain trees (hard links into the sysroot)
 //! <store>/work/hashcache/         the stat-keyed hash cache
 //! <store>/work/sandboxes/         one directory per running thunk
+//! <store>/work/locks/<hash>       flock(2) files: one process runs a thunk, the others wait
+//! <store>/work/realized/          which thunk output a real file in a target dir holds
 //! ```
 
 use std::fs;
@@ -24,7 +26,7 @@ impl Workdir {
     /// Opens (creating if needed) the working directory of the local store at `store_root`.
     pub fn open(store_root: &Path) -> io::Result<Workdir> {
         let workdir = Workdir { root: store_root.join("work") };
-        for dir in [workdir.raw_dir(), workdir.toolchains_dir(), workdir.sandboxes_dir()] {
+        for dir in [workdir.raw_dir(), workdir.toolchains_dir(), workdir.sandboxes_dir(), workdir.locks_dir()] {
             fs::create_dir_all(&dir)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
         }
@@ -49,6 +51,38 @@ impl Workdir {
     /// Sandboxes of running thunks.
     pub fn sandboxes_dir(&self) -> PathBuf {
         self.root.join("sandboxes")
+    }
+
+    /// One lock file per thunk, so that processes forcing the same thunk run it once.
+    pub fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    /// Which thunk output each real file holds, so that a file the forcer wrote can be linked again.
+    pub fn realized_dir(&self) -> PathBuf {
+        self.root.join("realized")
+    }
+
+    /// Records that `path` now holds `output` of `thunk`, with bytes `hash`.
+    pub fn record_realized(&self, path: &Path, thunk: Hash, output: &crate::SandboxPath, hash: Hash) -> io::Result<()> {
+        use std::io::Write;
+        let dir = self.realized_dir();
+        fs::create_dir_all(&dir)?;
+        let mut temp = tempfile::NamedTempFile::new_in(&dir)?;
+        writeln!(temp, "{thunk} {hash} {output}")?;
+        temp.persist(dir.join(Hash::of(path.as_os_str().as_encoded_bytes()).to_hex())).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// What [`Workdir::record_realized`] recorded for `path`: the thunk, the bytes' hash and the output.
+    pub fn realized(&self, path: &Path) -> Option<(Hash, Hash, crate::SandboxPath)> {
+        let entry = self.realized_dir().join(Hash::of(path.as_os_str().as_encoded_bytes()).to_hex());
+        let text = fs::read_to_string(entry).ok()?;
+        let mut fields = text.trim_end().splitn(3, ' ');
+        let thunk = fields.next()?.parse().ok()?;
+        let hash = fields.next()?.parse().ok()?;
+        let output = crate::SandboxPath::new(fields.next()?).ok()?;
+        Some((thunk, hash, output))
     }
 
     /// The hash cache.

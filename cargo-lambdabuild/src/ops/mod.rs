@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes `run`. Shared here: opening the store the user named.
 
+pub mod build;
 pub mod describe;
 pub mod toolchain;
 
@@ -15,6 +16,8 @@ use crate::cli::GlobalArgs;
 pub struct OpenStore {
     pub store: Store,
     pub workdir: Workdir,
+    /// The store's directory.
+    pub dir: std::path::PathBuf,
 }
 
 /// Opens the store named by `--store` / `LAMBDABUILD_STORE`, or the default under the user's cache dir.
@@ -30,5 +33,5 @@ pub fn open_store(global: &GlobalArgs) -> anyhow::Result<OpenStore> {
     let dir = if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) };
     let backend = LocalBackend::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
     let workdir = Workdir::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
-    Ok(OpenStore { store: Store::new(Arc::new(backend)), workdir })
+    Ok(OpenStore { store: Store::new(Arc::new(backend)), workdir, dir })
 }

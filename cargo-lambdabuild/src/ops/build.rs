@@ -1,0 +1,448 @@
+//! `cargo lambdabuild [build]`: model the build with cargo, force the graph, write the real artifacts.
+//!
+//! 1. Name the toolchain cargo will use and open a session for the wrappers.
+//! 2. Run `cargo build` with `RUSTC_WRAPPER=rustc-model` into `<target-dir>/lambdabuild`: every unit
+//!    becomes a thunk with placeholders (build scripts are forced on the way, because cargo runs them).
+//! 3. Force the thunks behind every artifact cargo reported, on the local engine, and write their real
+//!    bytes over the placeholders (same inode, same mtime, so cargo's hard links and fingerprints hold).
+//! 4. Show rustc's diagnostics as cargo would, and a summary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use cargo_metadata::Message;
+use rustc_model::session::{Record, Session, SessionConfig};
+use serde_json::json;
+use thunk::force::{ForceError, Forced, Forcer};
+use thunk::placeholder::Placeholder;
+use thunk::reduction::Status;
+use thunk::toolchain::{name_local_toolchain, query_sysroot};
+use thunk::{Hash, Store};
+
+use crate::cli::{BuildArgs, ForceArgs, GlobalArgs};
+use crate::shell::Shell;
+
+/// `local=N`, `local`.
+pub fn parse_engine(engine: Option<&str>) -> anyhow::Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match engine {
+        None | Some("local") => Ok(cores),
+        Some(spec) => match spec.split_once('=') {
+            Some(("local", n)) => n
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("`{spec}`: N must be a positive number")),
+            _ => bail!("unknown engine `{spec}`; this version has `local=N`"),
+        },
+    }
+}
+
+impl BuildArgs {
+    /// The flags that go to `cargo build` as they are.
+    fn cargo_flags(&self, global: &GlobalArgs) -> Vec<String> {
+        let mut flags = Vec::new();
+        let mut flag = |name: &str, on: bool| {
+            if on {
+                flags.push(name.to_owned());
+            }
+        };
+        flag("--release", self.release);
+        flag("--workspace", self.workspace);
+        flag("--all-features", self.all_features);
+        flag("--no-default-features", self.no_default_features);
+        flag("--lib", self.lib);
+        flag("--bins", self.bins);
+        flag("--examples", self.examples);
+        flag("--tests", self.tests);
+        flag("--benches", self.benches);
+        flag("--all-targets", self.all_targets);
+        flag("--locked", self.locked);
+        flag("--offline", self.offline);
+        flag("--frozen", self.frozen);
+        flag("--quiet", global.quiet);
+        for _ in 0..global.verbose {
+            flags.push("--verbose".into());
+        }
+        let mut valued = |name: &str, values: &[String]| {
+            for value in values {
+                flags.push(format!("{name}={value}"));
+            }
+        };
+        valued("--profile", self.profile.as_slice());
+        valued("--package", &self.package);
+        valued("--exclude", &self.exclude);
+        valued("--features", &self.features);
+        valued("--bin", &self.bin);
+        valued("--example", &self.example);
+        valued("--test", &self.test);
+        valued("--target", &self.target);
+        if let Some(jobs) = self.jobs {
+            flags.push(format!("--jobs={jobs}"));
+        }
+        if let Some(path) = &self.manifest_path {
+            flags.push(format!("--manifest-path={}", path.display()));
+        }
+        flags
+    }
+}
+
+/// Cargo, as cargo named itself when it ran this subcommand.
+fn cargo_program() -> PathBuf {
+    thunk::env::cargo().unwrap_or_else(|| PathBuf::from("cargo"))
+}
+
+/// The target directory cargo would use, from `cargo metadata`.
+fn default_target_dir(args: &BuildArgs) -> anyhow::Result<PathBuf> {
+    let mut command = cargo_metadata::MetadataCommand::new();
+    command.cargo_path(cargo_program()).no_deps();
+    if let Some(path) = &args.manifest_path {
+        command.manifest_path(path);
+    }
+    let metadata = command.exec().context("cannot read the workspace with `cargo metadata`")?;
+    Ok(metadata.target_directory.into_std_path_buf())
+}
+
+/// What the model phase produced.
+struct Modelled {
+    /// Cargo's JSON messages (printed again after forcing, for `--message-format=json`).
+    messages: Vec<String>,
+    /// Every file cargo reported as an artifact, with whether it is executable.
+    artifacts: Vec<(PathBuf, bool)>,
+    records: Vec<Record>,
+    seconds: f64,
+}
+
+pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow::Result<ExitCode> {
+    let json = args.message_format.starts_with("json");
+    if !matches!(args.message_format.as_str(), "human" | "short" | "json") {
+        bail!("--message-format must be human, short or json");
+    }
+    let slots = parse_engine(args.engine.as_deref())?;
+    let opened = super::open_store(global)?;
+    let started = Instant::now();
+
+    let project_dir = match &args.manifest_path {
+        Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
+        None => std::env::current_dir()?,
+    };
+    let sysroot = query_sysroot_in(&project_dir)?;
+    let toolchain = name_local_toolchain(&sysroot, &args.target, &opened.workdir, &opened.store)
+        .await
+        .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
+    let target_dir = match &args.target_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => default_target_dir(&args)?,
+    }
+    .join("lambdabuild");
+
+    let sessions = opened.dir.join("work/sessions");
+    std::fs::create_dir_all(&sessions)?;
+    let session_dir = tempfile::Builder::new().prefix("session-").tempdir_in(&sessions)?;
+    let config = SessionConfig {
+        store: opened.dir.clone(),
+        sysroot,
+        toolchain: toolchain.hash,
+        target_dir: target_dir.clone(),
+        slots,
+    };
+    let session = Session::create(session_dir.path(), config)?;
+
+    let modelled = model_phase(global, &args, &session, &target_dir, started)?;
+    let Some(modelled) = modelled else {
+        return Ok(ExitCode::from(101));
+    };
+    let thunks = modelled.records.iter().filter(|r| matches!(r, Record::Thunk { .. })).count();
+    let passed_through = passed_through(&modelled.records);
+    if args.dry_run {
+        let roots = roots(&modelled.artifacts);
+        shell.status(
+            "Modelled",
+            &format!("{thunks} thunks, {} artifacts still placeholders, in {:.2}s", roots.len(), modelled.seconds),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let force_started = Instant::now();
+    let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
+    let report = force_and_write(&forcer, &opened.store, &modelled.artifacts, shell).await?;
+    let force_seconds = force_started.elapsed().as_secs_f64();
+    // Build scripts were forced during the model phase, each by its own wrapper: a thunk counts once,
+    // as executed if any forcer ran it.
+    let mut forced: HashMap<Hash, bool> = report.forced.clone();
+    for record in &modelled.records {
+        if let Record::Thunk { forced: by_wrapper, .. } = record {
+            for (hash, was_cached) in by_wrapper {
+                let entry = forced.entry(*hash).or_insert(*was_cached);
+                *entry &= *was_cached;
+            }
+        }
+    }
+    let executed = forced.values().filter(|cached| !**cached).count();
+    let cached = forced.values().filter(|cached| **cached).count();
+
+    if json {
+        for line in &modelled.messages {
+            shell.print(&format!("{line}\n"));
+        }
+        let summary = json!({
+            "reason": "lambdabuild-finished",
+            "success": report.failed.is_empty(),
+            "thunks": thunks,
+            "executed": executed,
+            "cached": cached,
+            "passed_through": passed_through.values().sum::<usize>(),
+            "passed_through_reasons": passed_through,
+            "model_s": modelled.seconds,
+            "force_s": force_seconds,
+        });
+        shell.print(&format!("{summary}\n"));
+    }
+    let through = if passed_through.is_empty() {
+        String::new()
+    } else {
+        let reasons: Vec<String> = passed_through.iter().map(|(reason, n)| format!("{n} × {reason}")).collect();
+        format!(", {} passed through ({})", passed_through.values().sum::<usize>(), reasons.join(", "))
+    };
+    let line = format!(
+        "{thunks} thunks: {executed} executed, {} cached{through}; model {:.2}s, force {:.2}s on local={slots}",
+        cached, modelled.seconds, force_seconds
+    );
+    if report.failed.is_empty() {
+        shell.status("Finished", &line);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        shell.status("Finished", &line);
+        Ok(ExitCode::from(101))
+    }
+}
+
+fn query_sysroot_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    // rustup picks the toolchain from the project directory (rust-toolchain.toml), as cargo will.
+    let here = std::env::current_dir()?;
+    std::env::set_current_dir(dir).with_context(|| format!("cannot enter {}", dir.display()))?;
+    let sysroot = query_sysroot(std::ffi::OsStr::new("rustc"));
+    std::env::set_current_dir(here)?;
+    Ok(sysroot?)
+}
+
+fn passed_through(records: &[Record]) -> BTreeMap<String, usize> {
+    let mut reasons = BTreeMap::new();
+    for record in records {
+        if let Record::PassThrough { reason, .. } = record {
+            *reasons.entry(reason.clone()).or_insert(0) += 1;
+        }
+    }
+    reasons
+}
+
+/// Runs cargo with the wrapper; `None` when cargo failed (its errors are already on stderr).
+fn model_phase(
+    global: &GlobalArgs,
+    args: &BuildArgs,
+    session: &Session,
+    target_dir: &Path,
+    started: Instant,
+) -> anyhow::Result<Option<Modelled>> {
+    let wrapper = std::env::current_exe()?.with_file_name("rustc-model");
+    if !wrapper.is_file() {
+        bail!(
+            "cannot find rustc-model beside {}; install both with `cargo install --path cargo-lambdabuild`",
+            wrapper.display()
+        );
+    }
+    let mut command = Command::new(cargo_program());
+    command
+        .arg("build")
+        .args(args.cargo_flags(global))
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("RUSTC_WRAPPER", &wrapper)
+        .env(thunk::env::SESSION_VAR, &session.dir)
+        .env("CARGO_INCREMENTAL", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = command.spawn().context("cannot run cargo")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut messages = Vec::new();
+    let mut artifacts = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Ok(Message::CompilerArtifact(artifact)) = serde_json::from_str::<Message>(&line) {
+            let executable = artifact.executable.as_ref().map(|p| p.clone().into_std_path_buf());
+            for file in artifact.filenames {
+                let file = file.into_std_path_buf();
+                let is_executable = executable.as_ref() == Some(&file);
+                artifacts.push((file, is_executable));
+            }
+        }
+        messages.push(line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        return Ok(None);
+    }
+    let records = session.records()?;
+    Ok(Some(Modelled { messages, artifacts, records, seconds: started.elapsed().as_secs_f64() }))
+}
+
+/// The artifacts that are still placeholders, with what stands behind each.
+fn roots(artifacts: &[(PathBuf, bool)]) -> Vec<(PathBuf, Placeholder, bool)> {
+    artifacts
+        .iter()
+        .filter_map(|(path, executable)| {
+            Placeholder::read(path).ok().flatten().map(|placeholder| (path.clone(), placeholder, *executable))
+        })
+        .collect()
+}
+
+struct ForceReport {
+    executed: usize,
+    cached: usize,
+    /// Every thunk forced, and whether it came from the store.
+    forced: HashMap<Hash, bool>,
+    failed: Vec<Hash>,
+}
+
+/// Forces every placeholder among `artifacts`, prints diagnostics, writes the real bytes.
+async fn force_and_write(
+    forcer: &Forcer,
+    store: &Store,
+    artifacts: &[(PathBuf, bool)],
+    shell: &Shell,
+) -> anyhow::Result<ForceReport> {
+    let roots = roots(artifacts);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut unique: Vec<Hash> = roots.iter().map(|(_, p, _)| p.thunk).collect();
+    unique.sort();
+    unique.dedup();
+    for thunk in unique {
+        tasks.spawn(forcer.force(thunk));
+    }
+    while tasks.join_next().await.is_some() {}
+
+    let outcomes = forcer.outcomes();
+    let mut report = ForceReport { executed: 0, cached: 0, forced: HashMap::new(), failed: Vec::new() };
+    let by_hash: HashMap<Hash, Result<Forced, Arc<ForceError>>> = outcomes.into_iter().collect();
+    let mut ordered: Vec<(&Hash, &Result<Forced, Arc<ForceError>>)> = by_hash.iter().collect();
+    ordered.sort_by_key(|(hash, _)| **hash);
+    for (hash, outcome) in ordered {
+        match outcome {
+            Ok(forced) => {
+                report.forced.insert(*hash, forced.cached);
+                if forced.cached {
+                    report.cached += 1;
+                } else {
+                    report.executed += 1;
+                }
+                for file in &forced.undeclared {
+                    shell.verbose_note(&format!(
+                        "thunk {} read {}, which it does not declare; its result is not cached",
+                        hash.short(),
+                        file.display()
+                    ));
+                }
+                show_diagnostics(store, *hash, forced, shell).await?;
+                if !forced.reduction.succeeded() {
+                    report.failed.push(*hash);
+                }
+            }
+            Err(error) => {
+                if !matches!(**error, ForceError::DependencyFailed { .. }) {
+                    shell.error(&format!("{error}"));
+                    report.failed.push(*hash);
+                }
+            }
+        }
+    }
+
+    for (path, placeholder, executable) in &roots {
+        match by_hash.get(&placeholder.thunk) {
+            Some(Ok(forced)) if forced.reduction.succeeded() => {
+                let file =
+                    forced.reduction.outputs.get(&placeholder.output).with_context(|| {
+                        format!("thunk {} did not produce {}", placeholder.thunk, placeholder.output)
+                    })?;
+                let bytes = store.get_blob(file.hash).await?;
+                thunk::realize::realize(path, &bytes, file.executable || *executable)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            _ => {
+                // No placeholder may pretend to be a built file: cargo rebuilds what is missing.
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Prints what rustc said for one thunk, rendered as cargo renders it.
+async fn show_diagnostics(store: &Store, hash: Hash, forced: &Forced, shell: &Shell) -> anyhow::Result<()> {
+    let stderr = store.get_blob(forced.reduction.stderr.hash).await?;
+    let text = String::from_utf8_lossy(&stderr);
+    let thunk = store.get_thunk(hash).await?;
+    let crate_name = thunk.args.iter().position(|a| a == "--crate-name").and_then(|i| thunk.args.get(i + 1));
+    let crate_name = crate_name.map_or("?", String::as_str);
+    let (mut errors, mut warnings) = (0, 0);
+    for line in text.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            if !line.trim().is_empty() {
+                shell.raw_stderr(&format!("{line}\n"));
+            }
+            continue;
+        };
+        if message.get("$message_type").and_then(|t| t.as_str()) != Some("diagnostic") {
+            continue;
+        }
+        let text = message.get("message").and_then(|m| m.as_str()).unwrap_or_default();
+        if text.starts_with("aborting due to") {
+            continue;
+        }
+        match message.get("level").and_then(|l| l.as_str()) {
+            Some("error") => errors += 1,
+            Some("warning") => warnings += 1,
+            _ => {}
+        }
+        if let Some(rendered) = message.get("rendered").and_then(|r| r.as_str()) {
+            shell.raw_stderr(rendered);
+        }
+    }
+    match &forced.reduction.status {
+        Status::Success if warnings > 0 => {
+            let plural = if warnings == 1 { "" } else { "s" };
+            shell.warning(&format!("`{crate_name}` generated {warnings} warning{plural}"));
+        }
+        Status::Success => {}
+        Status::Exit { .. } => {
+            let plural = if errors == 1 { "" } else { "s" };
+            shell.error(&format!("could not compile `{crate_name}` due to {errors} previous error{plural}"));
+        }
+        Status::MissingOutput { path } => {
+            shell.error(&format!("could not compile `{crate_name}`: rustc did not write `{path}`"));
+        }
+    }
+    Ok(())
+}
+
+/// `cargo lambdabuild force PATH…`.
+pub async fn force_paths(global: &GlobalArgs, args: ForceArgs, shell: &Shell) -> anyhow::Result<ExitCode> {
+    let slots = parse_engine(args.engine.as_deref())?;
+    let opened = super::open_store(global)?;
+    let mut artifacts = Vec::new();
+    for path in &args.paths {
+        match Placeholder::read(path).with_context(|| format!("cannot read {}", path.display()))? {
+            Some(_) => artifacts.push((path.clone(), false)),
+            None => shell.status("Fresh", &format!("{} is already built", path.display())),
+        }
+    }
+    let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
+    let report = force_and_write(&forcer, &opened.store, &artifacts, shell).await?;
+    shell.status("Forced", &format!("{} executed, {} cached", report.executed, report.cached));
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(101) })
+}

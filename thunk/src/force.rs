@@ -1,0 +1,205 @@
+//! The forcer: runs a thunk after everything it links to, at most N at a time, each thunk once.
+//!
+//! Forcing a thunk forces its producers first (concurrently), then uses the cached reduction if the
+//! store has one, and otherwise runs the thunk on the local engine, in place (see
+//! [`Executor::execute_in_place`]). Several processes may force the same thunks at once (cargo runs
+//! many wrappers, each forcing a build script's dependencies): a lock file per thunk makes one of them
+//! run it while the others wait and then take its reduction.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::exec::{ExecError, Executor};
+use crate::hash::Hash;
+use crate::reduction::Reduction;
+use crate::store::{Store, StoreError};
+use crate::thunk::Input;
+use crate::workdir::Workdir;
+
+/// A thunk forced: its reduction, and how it was obtained.
+#[derive(Debug, Clone)]
+pub struct Forced {
+    /// The outcome (possibly a failed compile).
+    pub reduction: Arc<Reduction>,
+    /// Whether it came from the store instead of running.
+    pub cached: bool,
+    /// Files it read without declaring them (its reduction was not cached).
+    pub undeclared: Vec<PathBuf>,
+}
+
+/// Why a thunk could not be forced.
+#[derive(Debug, thiserror::Error)]
+pub enum ForceError {
+    /// Running it failed (not a compile error: those are failed reductions).
+    #[error("thunk {thunk}: {source}")]
+    Exec {
+        /// The thunk.
+        thunk: Hash,
+        /// What went wrong.
+        source: ExecError,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A thunk it links to failed, so it was not run.
+    #[error("thunk {thunk} was not run: its dependency {dependency} failed")]
+    DependencyFailed {
+        /// The thunk.
+        thunk: Hash,
+        /// The first failed producer.
+        dependency: Hash,
+    },
+}
+
+type Outcome = Result<Forced, Arc<ForceError>>;
+
+/// Forces thunks with a bounded number of local slots.
+#[derive(Clone)]
+pub struct Forcer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    executor: Executor,
+    workdir: Workdir,
+    slots: Semaphore,
+    cells: Mutex<HashMap<Hash, Arc<OnceCell<Outcome>>>>,
+}
+
+impl Forcer {
+    /// A forcer running at most `slots` thunks at a time on this machine.
+    pub fn new(store: Store, workdir: Workdir, slots: usize) -> Forcer {
+        let executor = Executor::new(store.clone(), workdir.clone(), "local");
+        Forcer {
+            inner: Arc::new(Inner {
+                store,
+                executor,
+                workdir,
+                slots: Semaphore::new(slots.max(1)),
+                cells: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Forces `thunk` (and, first, everything it links to).
+    pub fn force(&self, thunk: Hash) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'static>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let cell = {
+                let mut cells = this.inner.cells.lock().unwrap_or_else(|e| e.into_inner());
+                Arc::clone(cells.entry(thunk).or_default())
+            };
+            cell.get_or_init(|| this.force_once(thunk)).await.clone()
+        })
+    }
+
+    /// Every thunk forced so far, with its outcome.
+    pub fn outcomes(&self) -> Vec<(Hash, Outcome)> {
+        let cells = self.inner.cells.lock().unwrap_or_else(|e| e.into_inner());
+        cells.iter().filter_map(|(hash, cell)| cell.get().map(|outcome| (*hash, outcome.clone()))).collect()
+    }
+
+    async fn force_once(&self, hash: Hash) -> Outcome {
+        let store = &self.inner.store;
+        let thunk = store.get_thunk(hash).await.map_err(|e| Arc::new(e.into()))?;
+        let mut producers: Vec<Hash> = thunk
+            .inputs
+            .values()
+            .filter_map(|input| match input {
+                Input::Link { thunk, .. } => Some(*thunk),
+                _ => None,
+            })
+            .collect();
+        producers.sort();
+        producers.dedup();
+        let mut tasks = tokio::task::JoinSet::new();
+        for producer in &producers {
+            tasks.spawn(self.force(*producer));
+        }
+        let mut reductions = HashMap::new();
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined.expect("forcing does not panic") {
+                Ok(forced) if forced.reduction.succeeded() => {
+                    reductions.insert(forced.reduction.thunk, forced.reduction);
+                }
+                Ok(forced) => {
+                    first_error.get_or_insert(Arc::new(ForceError::DependencyFailed {
+                        thunk: hash,
+                        dependency: forced.reduction.thunk,
+                    }));
+                }
+                Err(error) => {
+                    first_error.get_or_insert(Arc::new(ForceError::DependencyFailed {
+                        thunk: hash,
+                        dependency: dependency_of(&error).unwrap_or(hash),
+                    }));
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        if let Some(reduction) = store.get_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
+            return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
+        }
+        let _slot = self.inner.slots.acquire().await.expect("the semaphore is never closed");
+        let _lock = self.lock(hash).await.map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
+        // Another process may have run it while this one waited for the lock.
+        if let Some(reduction) = store.get_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
+            return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
+        }
+        let in_place = self
+            .inner
+            .executor
+            .execute_in_place(&thunk, &reductions)
+            .await
+            .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
+        Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared })
+    }
+
+    /// An exclusive lock on `hash` shared by every process using this workdir.
+    async fn lock(&self, hash: Hash) -> Result<FileLock, ExecError> {
+        let dir = self.inner.workdir.locks_dir();
+        tokio::task::spawn_blocking(move || FileLock::acquire(&dir.join(hash.to_hex())))
+            .await
+            .map_err(|e| ExecError::Sandbox { context: "waiting for a lock".into(), source: std::io::Error::other(e) })?
+            .map_err(|source| ExecError::Sandbox { context: "cannot lock a thunk".into(), source })
+    }
+}
+
+fn dependency_of(error: &ForceError) -> Option<Hash> {
+    match error {
+        ForceError::DependencyFailed { dependency, .. } => Some(*dependency),
+        ForceError::Exec { thunk, .. } => Some(*thunk),
+        ForceError::Store(_) => None,
+    }
+}
+
+/// `flock(2)` on a file, released when dropped (or when the process dies).
+struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    fn acquire(path: &std::path::Path) -> std::io::Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(FileLock { _file: file });
+            }
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
+}
