@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `cargo-lambdabuild` and `rustc-model` binaries, run as a user would, on
 //! temporary stores and projects. One test binary (one link step) for the whole suite, as in cargo's.
 
+mod build;
 mod cli;
 mod support;
 mod tidy;
