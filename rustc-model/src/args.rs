@@ -133,6 +133,10 @@ const PLAIN_VALUE_FLAGS: &[&str] = &[
     "-W",
     "-D",
     "-F",
+    "--allow",
+    "--warn",
+    "--deny",
+    "--forbid",
     "--force-warn",
     "--crate-attr",
     "-l",
@@ -285,6 +289,27 @@ pub fn parse(args: &[String]) -> Parsed {
     Parsed::Unit(Box::new(call))
 }
 
+/// The paths of every `--extern NAME=PATH` in raw arguments, whatever else they hold: a call passed
+/// through still needs its dependencies' real bytes.
+pub fn extern_paths(args: &[String]) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let spec = match arg.strip_prefix("--extern=") {
+            Some(spec) => spec,
+            None if arg == "--extern" => match iter.next() {
+                Some(spec) => spec,
+                None => break,
+            },
+            None => continue,
+        };
+        if let Some((_, path)) = spec.split_once('=') {
+            paths.push(PathBuf::from(path));
+        }
+    }
+    paths
+}
+
 /// Splits `--flag=value` and `-Cvalue`; other arguments come back whole.
 fn split_flag(arg: &str) -> (&str, Option<&str>) {
     if let Some(rest) = arg.strip_prefix("--")
@@ -416,6 +441,9 @@ mod tests {
         ] {
             assert_eq!(parse(&args(&format!("{LIB} {extra}"))), Parsed::PassThrough(reason), "{extra}");
         }
+        assert_eq!(extern_paths(&args(LIB)), [PathBuf::from("/w/target/debug/deps/libdep-1.rmeta")]);
+        let lints = unit(&format!("{LIB} --allow=unexpected_cfgs --warn=unexpected_cfgs --deny warnings"));
+        assert!(lints.args.ends_with(&["--deny".to_owned(), "warnings".to_owned()]));
         let dylib = "--crate-name d d/src/lib.rs --crate-type dylib --out-dir /o";
         assert!(matches!(parse(&args(dylib)), Parsed::PassThrough(_)));
     }

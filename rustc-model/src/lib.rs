@@ -56,11 +56,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(101);
         }
     };
+    // Cargo sets CARGO_CRATE_NAME for the crates it compiles; a build script probing the compiler
+    // (anyhow, proc-macro2, autocfg) runs rustc with the script's environment, which lacks it. A probe
+    // must really compile: its success or failure is the answer the script wants.
+    if thunk::env::var("CARGO_CRATE_NAME").is_none() {
+        return pass_through(&rustc, &args);
+    }
     let call = match args::parse(&text_args) {
         Parsed::Probe => return pass_through(&rustc, &args),
         Parsed::PassThrough(reason) => {
             let crate_name = crate_name_of(&text_args);
-            return run_for_real(&session, &rustc, &args, &crate_name, reason.to_owned(), None);
+            return run_for_real(&session, &rustc, &args, &crate_name, reason.to_owned(), &text_args);
         }
         Parsed::Unit(call) => call,
     };
@@ -74,12 +80,12 @@ pub fn main() -> ExitCode {
     match runtime.block_on(model_call(&session, Path::new(&rustc), &call)) {
         Ok(code) => code,
         Err(ModelError::PassThrough(reason)) => {
-            run_for_real(&session, &rustc, &args, &call.crate_name, reason.to_owned(), Some(&call))
+            run_for_real(&session, &rustc, &args, &call.crate_name, reason.to_owned(), &text_args)
         }
         Err(error) => {
             // A failure of the model is never allowed to fail the build: rustc can still do it.
             eprintln!("warning: rustc-model: {error:#}; running rustc for `{}` directly", call.crate_name);
-            run_for_real(&session, &rustc, &args, &call.crate_name, format!("the model failed: {error}"), Some(&call))
+            run_for_real(&session, &rustc, &args, &call.crate_name, format!("the model failed: {error}"), &text_args)
         }
     }
 }
@@ -244,24 +250,19 @@ fn run_for_real(
     args: &[OsString],
     crate_name: &str,
     reason: String,
-    call: Option<&Call>,
+    text_args: &[String],
 ) -> ExitCode {
     let _ = session.record(&Record::PassThrough { crate_name: crate_name.to_owned(), reason });
-    if let Some(call) = call
-        && let Err(error) = make_dependencies_real(session, call)
-    {
+    if let Err(error) = make_dependencies_real(session, &args::extern_paths(text_args)) {
         eprintln!("error: rustc-model: cannot build the dependencies of `{crate_name}`: {error:#}");
         return ExitCode::from(101);
     }
     pass_through(rustc, args)
 }
 
-fn make_dependencies_real(session: &Session, call: &Call) -> Result<(), ModelError> {
-    let placeholders: Vec<(PathBuf, Placeholder)> = call
-        .externs
-        .iter()
-        .filter_map(|path| Placeholder::read(path).ok().flatten().map(|p| (path.clone(), p)))
-        .collect();
+fn make_dependencies_real(session: &Session, externs: &[PathBuf]) -> Result<(), ModelError> {
+    let placeholders: Vec<(PathBuf, Placeholder)> =
+        externs.iter().filter_map(|path| Placeholder::read(path).ok().flatten().map(|p| (path.clone(), p))).collect();
     if placeholders.is_empty() {
         return Ok(());
     }
@@ -288,7 +289,12 @@ fn make_dependencies_real(session: &Session, call: &Call) -> Result<(), ModelErr
                 source: std::io::Error::other(e.to_string()),
             })?;
             if !forced.reduction.succeeded() {
-                return Err(ModelError::PassThrough("a dependency failed to compile"));
+                let stderr = store.get_blob(forced.reduction.stderr.hash).await?;
+                eprint!("{}", String::from_utf8_lossy(&stderr));
+                return Err(ModelError::Io {
+                    path: PathBuf::from(format!("thunk {thunk}")),
+                    source: std::io::Error::other("this dependency failed to compile"),
+                });
             }
             realize_outputs(&store, &workdir, thunk, &forced.reduction).await?;
         }

@@ -43,3 +43,8 @@ pub fn snapshot() -> std::collections::BTreeMap<String, String> {
 pub fn cargo() -> Option<PathBuf> {
     std::env::var_os("CARGO").filter(|value| !value.is_empty()).map(PathBuf::from)
 }
+
+/// One variable of this process's environment, when it is set and UTF-8.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
