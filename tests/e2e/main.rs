@@ -3,6 +3,7 @@
 
 mod build;
 mod cli;
+mod ripgrep;
 mod support;
 mod tidy;
 mod wrapper;

@@ -1,0 +1,71 @@
+//! The slow suite: ripgrep 15.1.0 from crates.io, with its own Cargo.lock, dev and --release, every
+//! artifact byte-identical to plain cargo's; the built `rg` finds a pattern. Skipped unless
+//! `LAMBDABUILD_SLOW_TESTS=1` (`.ci/run` sets it).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::support::{Project, hygienic};
+
+fn slow_tests_enabled() -> bool {
+    #[allow(clippy::disallowed_methods)] // The test harness's own switch, not something a thunk reads.
+    let enabled = std::env::var_os("LAMBDABUILD_SLOW_TESTS").is_some_and(|v| v == "1");
+    if !enabled {
+        eprintln!("skipped: set LAMBDABUILD_SLOW_TESTS=1 to build ripgrep");
+    }
+    enabled
+}
+
+/// ripgrep's published source, fetched through a throwaway package (no tool beyond cargo).
+fn ripgrep_source(scratch: &std::path::Path) -> PathBuf {
+    let fetcher = scratch.join("fetch-ripgrep");
+    std::fs::create_dir_all(fetcher.join("src")).unwrap();
+    std::fs::write(
+        fetcher.join("Cargo.toml"),
+        "[package]\nname = \"fetch-ripgrep\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
+         [dependencies]\nripgrep = \"=15.1.0\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(fetcher.join("src/lib.rs"), "").unwrap();
+    // A bin-only crate is fetched but not resolved as a dependency, so look for it where cargo unpacks.
+    let mut fetch = Command::new(env!("CARGO"));
+    hygienic(&mut fetch).arg("fetch").current_dir(&fetcher);
+    let output = fetch.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    #[allow(clippy::disallowed_methods)] // Where cargo keeps sources: the test's own business.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
+    for registry in std::fs::read_dir(cargo_home.join("registry/src")).unwrap() {
+        let candidate = registry.unwrap().path().join("ripgrep-15.1.0");
+        if candidate.join("Cargo.lock").exists() {
+            return candidate;
+        }
+    }
+    panic!("cargo fetch did not unpack ripgrep-15.1.0 under {}", cargo_home.display());
+}
+
+#[test]
+fn ripgrep_builds_byte_identical_dev_and_release() {
+    if !slow_tests_enabled() {
+        return;
+    }
+    let project = Project::fixture("hello");
+    let source = ripgrep_source(project.dir.path());
+    let root = project.dir.path().join("ripgrep");
+    let status = Command::new("cp").arg("-r").arg(&source).arg(&root).status().unwrap();
+    assert!(status.success());
+    let project = Project { root, ..project };
+
+    for profile in [&["--locked"][..], &["--locked", "--release"][..]] {
+        let build = project.assert_matches_plain_cargo(profile, &[]);
+        assert!(build.count("thunks") >= 40, "{}", build.summary);
+        assert_eq!(build.count("passed_through"), 0, "{}", build.summary);
+    }
+
+    let haystack = project.dir.path().join("haystack.txt");
+    std::fs::write(&haystack, "one line\nthe needle is here\nanother line\n").unwrap();
+    let rg = project.root.join("target/lambdabuild/release/rg");
+    let output = Command::new(rg).arg("needle").arg(&haystack).output().unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), "the needle is here\n");
+}
