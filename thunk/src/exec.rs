@@ -262,7 +262,8 @@ impl Executor {
     pub async fn execute_in_place(
         &self,
         thunk: &Thunk,
-        producers: &std::collections::HashMap<Hash, std::sync::Arc<Reduction>>,
+        ready: &std::collections::HashMap<(Hash, SandboxPath), OutputFile>,
+        early: Option<EarlyOutput>,
     ) -> Result<InPlace, ExecError> {
         thunk.validate()?;
         let hash = thunk.hash();
@@ -283,23 +284,24 @@ impl Executor {
                     }
                 }
                 Input::Link { thunk: producer, output } => {
-                    let reduction = match producers.get(producer) {
-                        Some(reduction) => std::sync::Arc::clone(reduction),
-                        None => std::sync::Arc::new(
-                            self.store
-                                .get_reduction(*producer)
-                                .await?
-                                .ok_or_else(|| ExecError::LinkNotForced { input: path.clone(), thunk: *producer })?,
-                        ),
-                    };
-                    if !reduction.succeeded() {
-                        return Err(ExecError::LinkFailed { input: path.clone(), thunk: *producer });
-                    }
-                    let produced = reduction.outputs.get(output).ok_or_else(|| ExecError::LinkMissingOutput {
-                        input: path.clone(),
-                        thunk: *producer,
-                        output: output.clone(),
-                    })?;
+                    let produced =
+                        match ready.get(&(*producer, output.clone())) {
+                            Some(file) => *file,
+                            None => {
+                                let reduction = self.store.get_reduction(*producer).await?.ok_or_else(|| {
+                                    ExecError::LinkNotForced { input: path.clone(), thunk: *producer }
+                                })?;
+                                if !reduction.succeeded() {
+                                    return Err(ExecError::LinkFailed { input: path.clone(), thunk: *producer });
+                                }
+                                *reduction.outputs.get(output).ok_or_else(|| ExecError::LinkMissingOutput {
+                                    input: path.clone(),
+                                    thunk: *producer,
+                                    output: output.clone(),
+                                })?
+                            }
+                        };
+                    let produced = &produced;
                     let current = cache.digest(&file).ok();
                     if current.is_none_or(|digest| digest.hash != produced.hash) {
                         let bytes = self.store.get_blob(produced.hash).await?;
@@ -336,6 +338,14 @@ impl Executor {
         let mut launch = Launch::new(thunk, "", program, cwd.clone(), capture.path());
         let dropped_remap = MIRROR_REMAP.replace(SANDBOX_TOKEN, "");
         launch.args.retain(|arg| *arg != dropped_remap);
+        if let Some(early) = early {
+            let outputs = thunk.outputs.clone();
+            launch.on_stderr_line = Some(Arc::new(move |line: &str| {
+                if let Some((output, file)) = announced_metadata(line, &outputs) {
+                    early(output, file);
+                }
+            }));
+        }
         let run = run(thunk, hash, launch).await?;
 
         let stdout = self.store_file(&capture.path().join("stdout")).await?;
@@ -553,6 +563,25 @@ fn undeclared_reads(dep_info: &Path, cwd: &Path, thunk: &Thunk) -> Vec<PathBuf> 
     undeclared
 }
 
+/// rustc's `{"$message_type":"artifact","artifact":PATH,"emit":"metadata"}` for a declared output, with
+/// the bytes the file holds now (rustc has finished writing it when it says so).
+fn announced_metadata(
+    line: &str,
+    outputs: &std::collections::BTreeSet<SandboxPath>,
+) -> Option<(SandboxPath, OutputFile)> {
+    if !line.contains("\"emit\":\"metadata\"") {
+        return None;
+    }
+    let message: serde_json::Value = serde_json::from_str(line).ok()?;
+    let path = message.get("artifact")?.as_str()?;
+    let output = SandboxPath::new(path.strip_prefix('/')?).ok()?;
+    if !outputs.contains(&output) {
+        return None;
+    }
+    let (hash, size) = Hash::of_file(Path::new(path)).ok()?;
+    Some((output, OutputFile { hash, size, executable: false }))
+}
+
 /// `a/b/../c` → `a/c`, without touching the filesystem (rustc writes `src/../README.md` as given).
 fn normalize(path: &Path) -> PathBuf {
     let mut normal = PathBuf::new();
@@ -600,7 +629,16 @@ struct Launch {
     cwd: PathBuf,
     /// Where `stdout` and `stderr` are written.
     capture_dir: PathBuf,
+    /// Called with each line of stderr as the program writes it (rustc's artifact notifications).
+    on_stderr_line: Option<StderrWatcher>,
 }
+
+/// A callback for each line a program writes on stderr, while it runs.
+pub type StderrWatcher = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// An output that became ready before its thunk finished (rustc's rmeta, announced on stderr), so that
+/// thunks needing only it can start: cargo's pipelining, for the forcer.
+pub type EarlyOutput = Arc<dyn Fn(SandboxPath, OutputFile) + Send + Sync>;
 
 impl Launch {
     /// The thunk's process with `@SANDBOX@` standing for `root` (the empty string in place).
@@ -612,13 +650,20 @@ impl Launch {
             env: thunk.env.iter().map(|(name, value)| (name.clone(), expand(value))).collect(),
             cwd,
             capture_dir: capture_dir.to_owned(),
+            on_stderr_line: None,
         }
     }
 }
 
 async fn run(thunk: &Thunk, hash: Hash, launch: Launch) -> Result<RunResult, ExecError> {
     let stdout = fs::File::create(launch.capture_dir.join("stdout")).map_err(sandbox_error("cannot create stdout"))?;
-    let stderr = fs::File::create(launch.capture_dir.join("stderr")).map_err(sandbox_error("cannot create stderr"))?;
+    let mut stderr =
+        fs::File::create(launch.capture_dir.join("stderr")).map_err(sandbox_error("cannot create stderr"))?;
+    let watcher = launch.on_stderr_line.clone();
+    let stderr_stdio = match &watcher {
+        Some(_) => Stdio::piped(),
+        None => Stdio::from(stderr.try_clone().map_err(sandbox_error("cannot open stderr"))?),
+    };
     let mut command = Command::new(&launch.program);
     command
         .args(&launch.args)
@@ -627,10 +672,30 @@ async fn run(thunk: &Thunk, hash: Hash, launch: Launch) -> Result<RunResult, Exe
         .current_dir(&launch.cwd)
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(stderr)
+        .stderr(stderr_stdio)
         .process_group(0);
     let started = Instant::now();
-    let child = command.spawn().map_err(|source| ExecError::Spawn { program: thunk.program.0.clone(), source })?;
+    let mut child = command.spawn().map_err(|source| ExecError::Spawn { program: thunk.program.0.clone(), source })?;
+    // With a watcher, a thread copies stderr to its file line by line and shows each line to the
+    // watcher; it ends when the process group is gone and the pipe closes.
+    let copier = match (watcher, child.stderr.take()) {
+        (Some(watcher), Some(pipe)) => Some(std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut reader = io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            while let Ok(n) = reader.read_until(b'\n', &mut line) {
+                if n == 0 {
+                    break;
+                }
+                let _ = stderr.write_all(&line);
+                if let Ok(text) = std::str::from_utf8(&line) {
+                    watcher(text);
+                }
+                line.clear();
+            }
+        })),
+        _ => None,
+    };
     let group = ProcessGroup { pid: child.id() as libc::pid_t, reaped: Arc::new(Mutex::new(false)) };
     let waiter = {
         let group = group.clone_handle();
@@ -648,6 +713,9 @@ async fn run(thunk: &Thunk, hash: Hash, launch: Launch) -> Result<RunResult, Exe
         }
     };
     let duration = started.elapsed();
+    if let Some(copier) = copier {
+        let _ = tokio::task::spawn_blocking(move || copier.join()).await;
+    }
     let (status, rusage) = waited.map_err(sandbox_error("waiting for the program"))?;
     if libc::WIFSIGNALED(status) {
         return Err(ExecError::Killed { thunk: hash, signal: libc::WTERMSIG(status) });

@@ -12,11 +12,14 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OnceCell, Semaphore};
+use std::collections::BTreeMap;
 
-use crate::exec::{ExecError, Executor};
+use tokio::sync::{OnceCell, Semaphore, watch};
+
+use crate::exec::{EarlyOutput, ExecError, Executor};
 use crate::hash::Hash;
-use crate::reduction::Reduction;
+use crate::path::SandboxPath;
+use crate::reduction::{OutputFile, Reduction};
 use crate::store::{Store, StoreError};
 use crate::thunk::Input;
 use crate::workdir::Workdir;
@@ -70,6 +73,8 @@ struct Inner {
     workdir: Workdir,
     slots: Semaphore,
     cells: Mutex<HashMap<Hash, Arc<OnceCell<Outcome>>>>,
+    /// Outputs announced before their thunk finished, by thunk.
+    early: Mutex<HashMap<Hash, watch::Sender<BTreeMap<SandboxPath, OutputFile>>>>,
 }
 
 impl Forcer {
@@ -83,6 +88,7 @@ impl Forcer {
                 workdir,
                 slots: Semaphore::new(slots.max(1)),
                 cells: Mutex::new(HashMap::new()),
+                early: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -108,37 +114,35 @@ impl Forcer {
     async fn force_once(&self, hash: Hash) -> Outcome {
         let store = &self.inner.store;
         let thunk = store.get_thunk(hash).await.map_err(|e| Arc::new(e.into()))?;
-        let mut producers: Vec<Hash> = thunk
+        let mut needed: Vec<(Hash, SandboxPath)> = thunk
             .inputs
             .values()
             .filter_map(|input| match input {
-                Input::Link { thunk, .. } => Some(*thunk),
+                Input::Link { thunk, output } => Some((*thunk, output.clone())),
                 _ => None,
             })
             .collect();
-        producers.sort();
-        producers.dedup();
+        needed.sort();
+        needed.dedup();
+        // Each producer is forced once; each needed output is waited for on its own, so a crate that
+        // needs only a dependency's rmeta starts as soon as rustc announces it (cargo's pipelining).
         let mut tasks = tokio::task::JoinSet::new();
-        for producer in &producers {
-            tasks.spawn(self.force(*producer));
+        for (producer, output) in needed {
+            let this = self.clone();
+            tasks.spawn(async move { (producer, output.clone(), this.output_ready(producer, output).await) });
         }
-        let mut reductions = HashMap::new();
+        let mut ready = HashMap::new();
         let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {
-            match joined.expect("forcing does not panic") {
-                Ok(forced) if forced.reduction.succeeded() => {
-                    reductions.insert(forced.reduction.thunk, forced.reduction);
-                }
-                Ok(forced) => {
-                    first_error.get_or_insert(Arc::new(ForceError::DependencyFailed {
-                        thunk: hash,
-                        dependency: forced.reduction.thunk,
-                    }));
+            let (producer, output, result) = joined.expect("forcing does not panic");
+            match result {
+                Ok(file) => {
+                    ready.insert((producer, output), file);
                 }
                 Err(error) => {
                     first_error.get_or_insert(Arc::new(ForceError::DependencyFailed {
                         thunk: hash,
-                        dependency: dependency_of(&error).unwrap_or(hash),
+                        dependency: dependency_of(&error).unwrap_or(producer),
                     }));
                 }
             }
@@ -155,13 +159,63 @@ impl Forcer {
         if let Some(reduction) = store.get_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
             return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
         }
+        let early = self.early_sender(hash);
+        let announce: EarlyOutput = Arc::new(move |output, file| {
+            early.send_modify(|ready| {
+                ready.insert(output, file);
+            });
+        });
         let in_place = self
             .inner
             .executor
-            .execute_in_place(&thunk, &reductions)
+            .execute_in_place(&thunk, &ready, Some(announce))
             .await
             .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared })
+    }
+
+    /// The channel on which `thunk`'s outputs are announced before it finishes.
+    fn early_sender(&self, thunk: Hash) -> watch::Sender<BTreeMap<SandboxPath, OutputFile>> {
+        let mut early = self.inner.early.lock().unwrap_or_else(|e| e.into_inner());
+        early.entry(thunk).or_insert_with(|| watch::channel(BTreeMap::new()).0).clone()
+    }
+
+    /// Waits until `output` of `producer` can be read: announced early, or its thunk forced.
+    async fn output_ready(&self, producer: Hash, output: SandboxPath) -> Result<OutputFile, Arc<ForceError>> {
+        let mut announced = self.early_sender(producer).subscribe();
+        let mut forced = tokio::spawn(self.force(producer));
+        loop {
+            if let Some(file) = announced.borrow_and_update().get(&output) {
+                return Ok(*file);
+            }
+            tokio::select! {
+                changed = announced.changed() => {
+                    if changed.is_err() {
+                        // The sender lives in `inner`, so this does not happen; fall back to waiting.
+                        break;
+                    }
+                }
+                joined = &mut forced => return Self::output_of(producer, &output, joined),
+            }
+        }
+        Self::output_of(producer, &output, forced.await)
+    }
+
+    fn output_of(
+        producer: Hash,
+        output: &SandboxPath,
+        joined: Result<Outcome, tokio::task::JoinError>,
+    ) -> Result<OutputFile, Arc<ForceError>> {
+        let forced = joined.expect("forcing does not panic")?;
+        if !forced.reduction.succeeded() {
+            return Err(Arc::new(ForceError::DependencyFailed { thunk: producer, dependency: producer }));
+        }
+        forced.reduction.outputs.get(output).copied().ok_or_else(|| {
+            Arc::new(ForceError::Exec {
+                thunk: producer,
+                source: ExecError::LinkMissingOutput { input: output.clone(), thunk: producer, output: output.clone() },
+            })
+        })
     }
 
     /// An exclusive lock on `hash` shared by every process using this workdir.
