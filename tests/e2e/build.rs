@@ -111,3 +111,14 @@ fn dry_run_leaves_placeholders_that_force_builds() {
     let run = Command::new(&bin).output().unwrap();
     assert_eq!(String::from_utf8(run.stdout).unwrap(), "hello from hello\n");
 }
+
+#[test]
+fn warnings_are_shown_as_cargo_shows_them() {
+    let project = Project::fixture("hello");
+    fs::write(project.root.join("src/main.rs"), "fn main() {\n    let unused = 1;\n    println!(\"hi\");\n}\n")
+        .unwrap();
+    let build = project.lambdabuild(&[]).success();
+    assert!(build.stderr.contains("warning: unused variable: `unused`"), "{}", build.stderr);
+    assert!(build.stderr.contains("--> src/main.rs:2:9"), "rustc's rendering, with the real path: {}", build.stderr);
+    assert!(build.stderr.contains("warning: `hello` generated 1 warning"), "{}", build.stderr);
+}

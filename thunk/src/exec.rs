@@ -173,12 +173,21 @@ pub struct Executor {
     store: Store,
     workdir: Workdir,
     engine: String,
+    /// Handed to every program, as cargo hands its jobserver to rustc, so that rustc's codegen threads
+    /// share the machine with the other thunks instead of each taking every core.
+    jobserver: Option<jobserver::Client>,
 }
 
 impl Executor {
     /// An executor reading and writing `store`, working in `workdir`, that signs its reductions `engine`.
     pub fn new(store: Store, workdir: Workdir, engine: impl Into<String>) -> Executor {
-        Executor { store, workdir, engine: engine.into() }
+        Executor { store, workdir, engine: engine.into(), jobserver: None }
+    }
+
+    /// The same executor, handing `client` to the programs it runs.
+    pub fn with_jobserver(mut self, client: jobserver::Client) -> Executor {
+        self.jobserver = Some(client);
+        self
     }
 
     /// Runs `thunk` and stores its outputs and then its reduction. A compile error is an `Ok` reduction
@@ -338,6 +347,7 @@ impl Executor {
         let mut launch = Launch::new(thunk, "", program, cwd.clone(), capture.path());
         let dropped_remap = MIRROR_REMAP.replace(SANDBOX_TOKEN, "");
         launch.args.retain(|arg| *arg != dropped_remap);
+        launch.jobserver = self.jobserver.clone();
         if let Some(early) = early {
             let outputs = thunk.outputs.clone();
             launch.on_stderr_line = Some(Arc::new(move |line: &str| {
@@ -631,6 +641,8 @@ struct Launch {
     capture_dir: PathBuf,
     /// Called with each line of stderr as the program writes it (rustc's artifact notifications).
     on_stderr_line: Option<StderrWatcher>,
+    /// The jobserver the program may take extra threads from (not part of the thunk: it only paces).
+    jobserver: Option<jobserver::Client>,
 }
 
 /// A callback for each line a program writes on stderr, while it runs.
@@ -651,6 +663,7 @@ impl Launch {
             cwd,
             capture_dir: capture_dir.to_owned(),
             on_stderr_line: None,
+            jobserver: None,
         }
     }
 }
@@ -674,6 +687,9 @@ async fn run(thunk: &Thunk, hash: Hash, launch: Launch) -> Result<RunResult, Exe
         .stdout(stdout)
         .stderr(stderr_stdio)
         .process_group(0);
+    if let Some(client) = &launch.jobserver {
+        client.configure(&mut command);
+    }
     let started = Instant::now();
     let mut child = command.spawn().map_err(|source| ExecError::Spawn { program: thunk.program.0.clone(), source })?;
     // With a watcher, a thread copies stderr to its file line by line and shows each line to the

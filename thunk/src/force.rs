@@ -75,12 +75,21 @@ struct Inner {
     cells: Mutex<HashMap<Hash, Arc<OnceCell<Outcome>>>>,
     /// Outputs announced before their thunk finished, by thunk.
     early: Mutex<HashMap<Hash, watch::Sender<BTreeMap<SandboxPath, OutputFile>>>>,
+    jobserver: Option<jobserver::Client>,
+    /// Thunks running now: the first runs on the implicit token, the others each hold one.
+    running: std::sync::atomic::AtomicUsize,
 }
 
 impl Forcer {
     /// A forcer running at most `slots` thunks at a time on this machine.
     pub fn new(store: Store, workdir: Workdir, slots: usize) -> Forcer {
-        let executor = Executor::new(store.clone(), workdir.clone(), "local");
+        // Like cargo's: N tokens; every thunk running beside another holds one, and rustc may take the
+        // rest for codegen threads.
+        let jobserver = jobserver::Client::new(slots.max(1)).ok();
+        let mut executor = Executor::new(store.clone(), workdir.clone(), "local");
+        if let Some(client) = &jobserver {
+            executor = executor.with_jobserver(client.clone());
+        }
         Forcer {
             inner: Arc::new(Inner {
                 store,
@@ -89,6 +98,8 @@ impl Forcer {
                 slots: Semaphore::new(slots.max(1)),
                 cells: Mutex::new(HashMap::new()),
                 early: Mutex::new(HashMap::new()),
+                jobserver,
+                running: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -165,13 +176,26 @@ impl Forcer {
                 ready.insert(output, file);
             });
         });
+        let _token = self.token().await;
         let in_place = self
             .inner
             .executor
             .execute_in_place(&thunk, &ready, Some(announce))
             .await
-            .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
+            .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }));
+        self.inner.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let in_place = in_place?;
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared })
+    }
+
+    /// Counts a thunk as running and, unless it is the only one, takes a jobserver token for it.
+    async fn token(&self) -> Option<jobserver::Acquired> {
+        let others = self.inner.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let client = self.inner.jobserver.clone()?;
+        if others == 0 {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || client.acquire().ok()).await.ok().flatten()
     }
 
     /// The channel on which `thunk`'s outputs are announced before it finishes.

@@ -401,7 +401,11 @@ async fn show_diagnostics(store: &Store, hash: Hash, forced: &Forced, shell: &Sh
             continue;
         }
         let text = message.get("message").and_then(|m| m.as_str()).unwrap_or_default();
-        if text.starts_with("aborting due to") {
+        // rustc's own tallies; cargo drops them and prints its own line.
+        if text.starts_with("aborting due to")
+            || text.ends_with("warning emitted")
+            || text.ends_with("warnings emitted")
+        {
             continue;
         }
         match message.get("level").and_then(|l| l.as_str()) {
