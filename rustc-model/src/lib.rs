@@ -130,8 +130,12 @@ async fn model_call(session: &Session, rustc: &Path, call: &Call) -> Result<Exit
         workdir: &workdir,
         toolchain,
         target_dir: &session.config.target_dir,
+        session: Some(session),
     };
     let modelled = model::model(call, &context).await?;
+    for (path, output, _) in &modelled.outputs {
+        let _ = session.index_output(path, modelled.hash, output);
+    }
     if call.is_build_script() {
         return force_build_script(session, &store, &workdir, call, &modelled).await;
     }

@@ -66,6 +66,8 @@ pub struct Context<'a> {
     pub toolchain: Hash,
     /// The build's target directory, never an input.
     pub target_dir: &'a Path,
+    /// The session, which knows every output modelled so far.
+    pub session: Option<&'a crate::session::Session>,
 }
 
 /// A call turned into a thunk.
@@ -152,17 +154,10 @@ impl Builder<'_> {
 
     /// Adds a dependency artifact and, through the thunk that makes it, its whole closure.
     async fn add_dependency(&mut self, path: &Path, needs_rlib: bool) -> Result<(), ModelError> {
-        let (thunk, output) = match Placeholder::read(path) {
-            Ok(Some(placeholder)) => (placeholder.thunk, placeholder.output),
-            Ok(None) => {
-                // A file the forcer already wrote (a build script's dependency) is still that output.
-                let digest = self.cache.digest(path).map_err(io_error(path))?;
-                match self.context.workdir.realized(path) {
-                    Some((thunk, hash, output)) if hash == digest.hash => (thunk, output),
-                    _ => return Err(ModelError::PassThrough("a dependency built outside the model")),
-                }
-            }
-            Err(_) => return Err(ModelError::PassThrough("a damaged placeholder among the dependencies")),
+        let indexed = self.context.session.and_then(|session| session.output_of(path));
+        let (thunk, output) = match indexed.map(Ok).unwrap_or_else(|| Self::read_dependency(self, path)) {
+            Ok(found) => found,
+            Err(error) => return Err(error),
         };
         let producer = self.context.store.get_thunk(thunk).await?;
         let (path, output) = rlib_if_needed(mirror(path)?, output, &producer, needs_rlib);
@@ -175,6 +170,22 @@ impl Builder<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The thunk output a dependency file stands for, from the file itself.
+    fn read_dependency(&self, path: &Path) -> Result<(Hash, SandboxPath), ModelError> {
+        Ok(match Placeholder::read(path) {
+            Ok(Some(placeholder)) => (placeholder.thunk, placeholder.output),
+            Ok(None) => {
+                // A file the forcer already wrote (a build script's dependency) is still that output.
+                let digest = self.cache.digest(path).map_err(io_error(path))?;
+                match self.context.workdir.realized(path) {
+                    Some((thunk, hash, output)) if hash == digest.hash => (thunk, output),
+                    _ => return Err(ModelError::PassThrough("a dependency built outside the model")),
+                }
+            }
+            Err(_) => return Err(ModelError::PassThrough("a damaged placeholder among the dependencies")),
+        })
     }
 
     fn walk(&mut self, dir: &Path, root: &Path, files: &mut Vec<PathBuf>) -> Result<(), ModelError> {

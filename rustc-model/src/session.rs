@@ -81,6 +81,25 @@ impl Session {
         Ok(())
     }
 
+    /// Notes that the real file `path` will hold `output` of `thunk`, so that a later call can link
+    /// it without reading the file (the forcer may be writing it at that very moment).
+    pub fn index_output(&self, path: &Path, thunk: Hash, output: &thunk::SandboxPath) -> io::Result<()> {
+        let dir = self.dir.join("outputs");
+        fs::create_dir_all(&dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(&dir)?;
+        writeln!(file, "{thunk} {output}")?;
+        file.persist(dir.join(Hash::of(path.as_os_str().as_encoded_bytes()).to_hex())).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// What [`Session::index_output`] noted for `path`.
+    pub fn output_of(&self, path: &Path) -> Option<(Hash, thunk::SandboxPath)> {
+        let entry = self.dir.join("outputs").join(Hash::of(path.as_os_str().as_encoded_bytes()).to_hex());
+        let text = fs::read_to_string(entry).ok()?;
+        let (thunk, output) = text.trim_end().split_once(' ')?;
+        Some((thunk.parse().ok()?, thunk::SandboxPath::new(output).ok()?))
+    }
+
     /// Every record so far.
     pub fn records(&self) -> io::Result<Vec<Record>> {
         let mut records = Vec::new();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use std::collections::BTreeMap;
 
-use tokio::sync::{OnceCell, Semaphore, watch};
+use tokio::sync::{OnceCell, watch};
 
 use crate::exec::{EarlyOutput, ExecError, Executor};
 use crate::hash::Hash;
@@ -71,21 +71,21 @@ struct Inner {
     store: Store,
     executor: Executor,
     workdir: Workdir,
-    slots: Semaphore,
+    slots: crate::slots::Slots,
+    /// The longest chain of dependents above each thunk, when known: it goes first.
+    priorities: Mutex<HashMap<Hash, u64>>,
     cells: Mutex<HashMap<Hash, Arc<OnceCell<Outcome>>>>,
     /// Outputs announced before their thunk finished, by thunk.
     early: Mutex<HashMap<Hash, watch::Sender<BTreeMap<SandboxPath, OutputFile>>>>,
-    jobserver: Option<jobserver::Client>,
-    /// Thunks running now: the first runs on the implicit token, the others each hold one.
-    running: std::sync::atomic::AtomicUsize,
 }
 
 impl Forcer {
     /// A forcer running at most `slots` thunks at a time on this machine.
     pub fn new(store: Store, workdir: Workdir, slots: usize) -> Forcer {
-        // Like cargo's: N tokens; every thunk running beside another holds one, and rustc may take the
-        // rest for codegen threads.
-        let jobserver = jobserver::Client::new(slots.max(1)).ok();
+        // The slots bound the rustc processes; the jobserver bounds their extra codegen threads: N - 1
+        // tokens, so a thunk running alone (the tail of a build) uses every core, and N running thunks
+        // add at most N - 1 threads. The forcer never waits on it.
+        let jobserver = jobserver::Client::new(slots.max(1) - 1).ok();
         let mut executor = Executor::new(store.clone(), workdir.clone(), "local");
         if let Some(client) = &jobserver {
             executor = executor.with_jobserver(client.clone());
@@ -95,13 +95,48 @@ impl Forcer {
                 store,
                 executor,
                 workdir,
-                slots: Semaphore::new(slots.max(1)),
+                slots: crate::slots::Slots::new(slots),
+                priorities: Mutex::new(HashMap::new()),
                 cells: Mutex::new(HashMap::new()),
                 early: Mutex::new(HashMap::new()),
-                jobserver,
-                running: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Computes, for every thunk below `roots`, the longest chain of thunks that depend on it, and
+    /// schedules by it: the thunks on the critical path (by count, as cargo does without timings) first.
+    pub async fn prioritize(&self, roots: &[Hash]) -> Result<(), StoreError> {
+        let mut dependents: HashMap<Hash, Vec<Hash>> = HashMap::new();
+        let mut order = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<Hash> = roots.to_vec();
+        while let Some(hash) = stack.pop() {
+            if !seen.insert(hash) {
+                continue;
+            }
+            order.push(hash);
+            for input in self.inner.store.get_thunk(hash).await?.inputs.values() {
+                if let Input::Link { thunk, .. } = input {
+                    dependents.entry(*thunk).or_default().push(hash);
+                    stack.push(*thunk);
+                }
+            }
+        }
+        // Heights from the top, computed until nothing changes (the graph is a DAG: at most depth rounds).
+        let mut height: HashMap<Hash, u64> = order.iter().map(|h| (*h, 1)).collect();
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for hash in &order {
+                let above = dependents.get(hash).map_or(0, |ds| ds.iter().map(|d| height[d]).max().unwrap_or(0));
+                if above + 1 > height[hash] {
+                    height.insert(*hash, above + 1);
+                    changed = true;
+                }
+            }
+        }
+        *self.inner.priorities.lock().unwrap_or_else(|e| e.into_inner()) = height;
+        Ok(())
     }
 
     /// Forces `thunk` (and, first, everything it links to).
@@ -164,7 +199,8 @@ impl Forcer {
         if let Some(reduction) = store.get_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
             return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
         }
-        let _slot = self.inner.slots.acquire().await.expect("the semaphore is never closed");
+        let priority = self.inner.priorities.lock().unwrap_or_else(|e| e.into_inner()).get(&hash).copied();
+        let _slot = self.inner.slots.acquire(priority.unwrap_or(0)).await;
         let _lock = self.lock(hash).await.map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
         // Another process may have run it while this one waited for the lock.
         if let Some(reduction) = store.get_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
@@ -176,26 +212,13 @@ impl Forcer {
                 ready.insert(output, file);
             });
         });
-        let _token = self.token().await;
         let in_place = self
             .inner
             .executor
             .execute_in_place(&thunk, &ready, Some(announce))
             .await
-            .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }));
-        self.inner.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        let in_place = in_place?;
+            .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared })
-    }
-
-    /// Counts a thunk as running and, unless it is the only one, takes a jobserver token for it.
-    async fn token(&self) -> Option<jobserver::Acquired> {
-        let others = self.inner.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let client = self.inner.jobserver.clone()?;
-        if others == 0 {
-            return None;
-        }
-        tokio::task::spawn_blocking(move || client.acquire().ok()).await.ok().flatten()
     }
 
     /// The channel on which `thunk`'s outputs are announced before it finishes.

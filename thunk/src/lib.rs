@@ -14,6 +14,7 @@ pub mod path;
 pub mod placeholder;
 pub mod realize;
 pub mod reduction;
+pub mod slots;
 pub mod store;
 pub mod thunk;
 pub mod toolchain;

@@ -112,8 +112,8 @@ fn default_target_dir(args: &BuildArgs) -> anyhow::Result<PathBuf> {
 struct Modelled {
     /// Cargo's JSON messages (printed again after forcing, for `--message-format=json`).
     messages: Vec<String>,
-    /// Every file cargo reported as an artifact, with whether it is executable.
-    artifacts: Vec<(PathBuf, bool)>,
+    /// The artifacts cargo reported that were placeholders when it reported them.
+    roots: Vec<Root>,
     records: Vec<Record>,
     seconds: f64,
 }
@@ -153,14 +153,14 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     };
     let session = Session::create(session_dir.path(), config)?;
 
-    let modelled = model_phase(global, &args, &session, &target_dir, started)?;
+    let modelled = model_phase(global, &args, &session, &target_dir, started).await?;
     let Some(modelled) = modelled else {
         return Ok(ExitCode::from(101));
     };
     let thunks = modelled.records.iter().filter(|r| matches!(r, Record::Thunk { .. })).count();
     let passed_through = passed_through(&modelled.records);
     if args.dry_run {
-        let roots = roots(&modelled.artifacts);
+        let roots = &modelled.roots;
         shell.status(
             "Modelled",
             &format!("{thunks} thunks, {} artifacts still placeholders, in {:.2}s", roots.len(), modelled.seconds),
@@ -170,7 +170,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
 
     let force_started = Instant::now();
     let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
-    let report = force_and_write(&forcer, &opened.store, &modelled.artifacts, shell).await?;
+    let report = force_and_write(&forcer, &opened.store, &modelled.roots, shell).await?;
     let force_seconds = force_started.elapsed().as_secs_f64();
     // Build scripts were forced during the model phase, each by its own wrapper: a thunk counts once,
     // as executed if any forcer ran it.
@@ -242,7 +242,7 @@ fn passed_through(records: &[Record]) -> BTreeMap<String, usize> {
 }
 
 /// Runs cargo with the wrapper; `None` when cargo failed (its errors are already on stderr).
-fn model_phase(
+async fn model_phase(
     global: &GlobalArgs,
     args: &BuildArgs,
     session: &Session,
@@ -270,30 +270,42 @@ fn model_phase(
         .stderr(Stdio::inherit());
     let mut child = command.spawn().context("cannot run cargo")?;
     let stdout = child.stdout.take().expect("piped");
+    let (lines_in, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_in.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut messages = Vec::new();
-    let mut artifacts = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
+    let mut roots = Vec::new();
+    while let Some(line) = lines.recv().await {
         if let Ok(Message::CompilerArtifact(artifact)) = serde_json::from_str::<Message>(&line) {
             let executable = artifact.executable.as_ref().map(|p| p.clone().into_std_path_buf());
             for file in artifact.filenames {
                 let file = file.into_std_path_buf();
+                let Ok(Some(placeholder)) = Placeholder::read(&file) else { continue };
                 let is_executable = executable.as_ref() == Some(&file);
-                artifacts.push((file, is_executable));
+                roots.push((file, placeholder, is_executable));
             }
         }
         messages.push(line);
     }
-    let status = child.wait()?;
+    let _ = reader.join();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
     if !status.success() {
         return Ok(None);
     }
     let records = session.records()?;
-    Ok(Some(Modelled { messages, artifacts, records, seconds: started.elapsed().as_secs_f64() }))
+    Ok(Some(Modelled { messages, roots, records, seconds: started.elapsed().as_secs_f64() }))
 }
 
+/// An artifact path, the placeholder that stood there, and whether cargo calls it the executable.
+type Root = (PathBuf, Placeholder, bool);
+
 /// The artifacts that are still placeholders, with what stands behind each.
-fn roots(artifacts: &[(PathBuf, bool)]) -> Vec<(PathBuf, Placeholder, bool)> {
+fn roots(artifacts: &[(PathBuf, bool)]) -> Vec<Root> {
     artifacts
         .iter()
         .filter_map(|(path, executable)| {
@@ -311,17 +323,12 @@ struct ForceReport {
 }
 
 /// Forces every placeholder among `artifacts`, prints diagnostics, writes the real bytes.
-async fn force_and_write(
-    forcer: &Forcer,
-    store: &Store,
-    artifacts: &[(PathBuf, bool)],
-    shell: &Shell,
-) -> anyhow::Result<ForceReport> {
-    let roots = roots(artifacts);
+async fn force_and_write(forcer: &Forcer, store: &Store, roots: &[Root], shell: &Shell) -> anyhow::Result<ForceReport> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut unique: Vec<Hash> = roots.iter().map(|(_, p, _)| p.thunk).collect();
     unique.sort();
     unique.dedup();
+    forcer.prioritize(&unique).await?;
     for thunk in unique {
         tasks.spawn(forcer.force(thunk));
     }
@@ -362,14 +369,20 @@ async fn force_and_write(
         }
     }
 
-    for (path, placeholder, executable) in &roots {
+    for (path, placeholder, executable) in roots {
         match by_hash.get(&placeholder.thunk) {
             Some(Ok(forced)) if forced.reduction.succeeded() => {
                 let file =
                     forced.reduction.outputs.get(&placeholder.output).with_context(|| {
                         format!("thunk {} did not produce {}", placeholder.thunk, placeholder.output)
                     })?;
-                let bytes = store.get_blob(file.hash).await?;
+                // The local engine left the bytes at the output's own path (the file in deps/ that
+                // cargo uplifts from): copy them from there when they are right, else from the store.
+                let produced = Path::new("/").join(placeholder.output.as_str());
+                let bytes = match std::fs::read(&produced) {
+                    Ok(bytes) if produced != *path && Hash::of(&bytes) == file.hash => bytes,
+                    _ => store.get_blob(file.hash).await?,
+                };
                 thunk::realize::realize(path, &bytes, file.executable || *executable)
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
@@ -446,7 +459,7 @@ pub async fn force_paths(global: &GlobalArgs, args: ForceArgs, shell: &Shell) ->
         }
     }
     let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
-    let report = force_and_write(&forcer, &opened.store, &artifacts, shell).await?;
+    let report = force_and_write(&forcer, &opened.store, &roots(&artifacts), shell).await?;
     shell.status("Forced", &format!("{} executed, {} cached", report.executed, report.cached));
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(101) })
 }
