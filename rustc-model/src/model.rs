@@ -261,7 +261,7 @@ pub async fn model(call: &Call, context: &Context<'_>) -> Result<Modelled, Model
         builder.sources.push(file.clone());
     }
     for file in &found.files {
-        let file = lexical(file);
+        let file = thunk::path::lexical(file);
         if file.is_file() && !file.starts_with(context.target_dir) {
             builder.add_file(&file).await?;
             builder.sources.push(file);
@@ -373,21 +373,6 @@ fn build_script_env(out_dir: &Path) -> Vec<String> {
         .filter_map(|line| line.strip_prefix("cargo::rustc-env=").or_else(|| line.strip_prefix("cargo:rustc-env=")))
         .filter_map(|assignment| assignment.split_once('=').map(|(name, _)| name.to_owned()))
         .collect()
-}
-
-/// `a/b/../c` → `a/c` without asking the filesystem.
-fn lexical(path: &Path) -> PathBuf {
-    let mut normal = PathBuf::new();
-    for component in path.components() {
-        match component {
-            std::path::Component::ParentDir => {
-                normal.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => normal.push(other),
-        }
-    }
-    normal
 }
 
 /// The dep-info cargo reads in place of rustc's: every file of the package and beside it, so that cargo's

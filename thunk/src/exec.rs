@@ -565,7 +565,7 @@ fn undeclared_reads(dep_info: &Path, cwd: &Path, thunk: &Thunk) -> Vec<PathBuf> 
             continue;
         }
         let file = file.replace("\\ ", " ");
-        let path = normalize(&cwd.join(&file));
+        let path = crate::path::lexical(&cwd.join(&file));
         if !declared.contains(&path) {
             undeclared.push(path);
         }
@@ -590,21 +590,6 @@ fn announced_metadata(
     }
     let (hash, size) = Hash::of_file(Path::new(path)).ok()?;
     Some((output, OutputFile { hash, size, executable: false }))
-}
-
-/// `a/b/../c` → `a/c`, without touching the filesystem (rustc writes `src/../README.md` as given).
-fn normalize(path: &Path) -> PathBuf {
-    let mut normal = PathBuf::new();
-    for component in path.components() {
-        match component {
-            std::path::Component::ParentDir => {
-                normal.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => normal.push(other),
-        }
-    }
-    normal
 }
 
 /// Creates the directories above `path`, refusing to go through anything that is not a real directory.

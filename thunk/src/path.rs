@@ -102,6 +102,21 @@ pub fn resolve_symlink(link: &SandboxPath, target: &str) -> Option<SandboxPath> 
     SandboxPath::new(&stack.join("/")).ok()
 }
 
+/// `a/b/../c` → `a/c`, without asking the filesystem (rustc writes `src/../README.md` as given).
+pub fn lexical(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
 fn refuse(path: &str, reason: &'static str) -> PathError {
     PathError { path: path.chars().take(200).collect(), reason }
 }
