@@ -135,6 +135,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// Adds a file by hash. Its bytes stay where they are: the local engine reads them in place, and
+    /// the uploader copies what a remote engine needs into the store (DESIGN §2, step 2).
     async fn add_file(&mut self, path: &Path) -> Result<(), ModelError> {
         let sandbox = mirror(path)?;
         if self.inputs.contains_key(&sandbox) {
@@ -146,7 +148,6 @@ impl Builder<'_> {
             thunk::placeholder::refuse_placeholder(path)
                 .map_err(|_| ModelError::PassThrough("a source file that is a cargo-lambdabuild placeholder"))?;
         }
-        self.context.store.put_file(path, digest.hash).await?;
         self.inputs
             .insert(sandbox, Input::Blob { hash: digest.hash, size: digest.size, executable: digest.executable });
         Ok(())

@@ -145,22 +145,6 @@ impl Store {
         Ok(hash)
     }
 
-    /// Stores the file at `path`, whose hash the caller knows (from the hash cache), unless the store
-    /// already has it: then the file is not even read.
-    pub async fn put_file(&self, path: &std::path::Path, hash: Hash) -> Result<(), StoreError> {
-        let key = ObjectKey::Blob(hash);
-        if self.has(key).await? {
-            return Ok(());
-        }
-        let bytes = std::fs::read(path).map_err(|source| self.backend_error("read", key, source))?;
-        let actual = Hash::of(&bytes);
-        if actual != hash {
-            let message = format!("{} changed while it was being stored", path.display());
-            return Err(self.backend_error("write", key, std::io::Error::other(message)));
-        }
-        self.put_compressed(key, &bytes).await
-    }
-
     /// The bytes of blob `hash`, verified against the hash.
     pub async fn get_blob(&self, hash: Hash) -> Result<Vec<u8>, StoreError> {
         let key = ObjectKey::Blob(hash);
