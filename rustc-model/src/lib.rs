@@ -232,16 +232,12 @@ async fn realize_outputs(
     thunk: Hash,
     reduction: &thunk::Reduction,
 ) -> Result<(), ModelError> {
-    let cache = workdir.hash_cache();
+    let executor = thunk::exec::Executor::new(store.clone(), workdir.clone(), "local");
     for (output, file) in &reduction.outputs {
-        let path = Path::new("/").join(output.as_str());
-        if cache.digest(&path).is_ok_and(|digest| digest.hash == file.hash) {
-            continue;
-        }
-        let bytes = store.get_blob(file.hash).await?;
-        thunk::realize::realize(&path, &bytes, file.executable)
-            .map_err(|source| ModelError::Io { path: path.clone(), source })?;
-        let _ = workdir.record_realized(&path, thunk, output, file.hash);
+        executor.realize_output(thunk, output, file).await.map_err(|error| ModelError::Io {
+            path: Path::new("/").join(output.as_str()),
+            source: std::io::Error::other(error.to_string()),
+        })?;
     }
     Ok(())
 }

@@ -132,6 +132,7 @@ struct Builder<'a> {
     cache: HashCache,
     inputs: BTreeMap<SandboxPath, Input>,
     sources: Vec<PathBuf>,
+    thunks: std::collections::HashMap<Hash, std::sync::Arc<Thunk>>,
 }
 
 impl Builder<'_> {
@@ -155,22 +156,31 @@ impl Builder<'_> {
 
     /// Adds a dependency artifact and, through the thunk that makes it, its whole closure.
     async fn add_dependency(&mut self, path: &Path, needs_rlib: bool) -> Result<(), ModelError> {
-        let indexed = self.context.session.and_then(|session| session.output_of(path));
-        let (thunk, output) = match indexed.map(Ok).unwrap_or_else(|| Self::read_dependency(self, path)) {
-            Ok(found) => found,
-            Err(error) => return Err(error),
+        let (thunk, output) = match self.context.session.and_then(|session| session.output_of(path)) {
+            Some(found) => found,
+            None => self.read_dependency(path)?,
         };
-        let producer = self.context.store.get_thunk(thunk).await?;
+        let producer = self.thunk(thunk).await?;
         let (path, output) = rlib_if_needed(mirror(path)?, output, &producer, needs_rlib);
         self.inputs.insert(path, Input::Link { thunk, output });
         for (path, input) in &producer.inputs {
             if let Input::Link { thunk, output } = input {
-                let upstream = self.context.store.get_thunk(*thunk).await?;
+                let upstream = self.thunk(*thunk).await?;
                 let (path, output) = rlib_if_needed(path.clone(), output.clone(), &upstream, needs_rlib);
                 self.inputs.insert(path, Input::Link { thunk: *thunk, output });
             }
         }
         Ok(())
+    }
+
+    /// A producer's thunk, read from the store once per call: dependencies share most of their closure.
+    async fn thunk(&mut self, hash: Hash) -> Result<std::sync::Arc<Thunk>, ModelError> {
+        if let Some(thunk) = self.thunks.get(&hash) {
+            return Ok(std::sync::Arc::clone(thunk));
+        }
+        let thunk = std::sync::Arc::new(self.context.store.get_thunk(hash).await?);
+        self.thunks.insert(hash, std::sync::Arc::clone(&thunk));
+        Ok(thunk)
     }
 
     /// The thunk output a dependency file stands for, from the file itself.
@@ -243,8 +253,13 @@ pub async fn model(call: &Call, context: &Context<'_>) -> Result<Modelled, Model
             .get("CARGO_MANIFEST_DIR")
             .ok_or(ModelError::PassThrough("no CARGO_MANIFEST_DIR (not run by cargo)"))?,
     );
-    let mut builder =
-        Builder { context, cache: context.workdir.hash_cache(), inputs: BTreeMap::new(), sources: Vec::new() };
+    let mut builder = Builder {
+        context,
+        cache: context.workdir.hash_cache(),
+        inputs: BTreeMap::new(),
+        sources: Vec::new(),
+        thunks: std::collections::HashMap::new(),
+    };
 
     // 1. The package's files, and files outside it that its sources name.
     let mut files = Vec::new();

@@ -229,12 +229,8 @@ impl Executor {
         let launch = Launch::new(thunk, root_text, thunk.program.0.under(&root), cwd, sandbox.path());
         let run = run(thunk, hash, launch).await?;
 
-        let stdout = self.store_file(&sandbox.path().join("stdout")).await?;
-        let stderr = self.store_file(&sandbox.path().join("stderr")).await?;
-        let mut status = match run.exit_code {
-            0 => Status::Success,
-            code => Status::Exit { code },
-        };
+        let (stdout, stderr) = self.store_captured(sandbox.path()).await?;
+        let mut status = run.status();
         let mut outputs = std::collections::BTreeMap::new();
         if status == Status::Success {
             let real_root = fs::canonicalize(&root).map_err(sandbox_error("cannot resolve the root"))?;
@@ -251,11 +247,7 @@ impl Executor {
                 }
             }
         }
-        let mut reduction = Reduction::new(hash, status, stdout, stderr);
-        reduction.outputs = outputs;
-        reduction.duration_ms = run.duration.as_millis() as u64;
-        reduction.peak_memory_kib = run.peak_memory_kib;
-        reduction.engine = self.engine.clone();
+        let reduction = self.reduction(hash, status, outputs, stdout, stderr, &run);
         // Last: every blob the reduction names is already in the store.
         self.store.put_reduction(&reduction).await?;
         Ok(reduction)
@@ -311,13 +303,7 @@ impl Executor {
                             }
                         };
                     let produced = &produced;
-                    let current = cache.digest(&file).ok();
-                    if current.is_none_or(|digest| digest.hash != produced.hash) {
-                        let bytes = self.store.get_blob(produced.hash).await?;
-                        crate::realize::realize(&file, &bytes, produced.executable)
-                            .map_err(sandbox_error(format!("cannot write {}", file.display())))?;
-                        let _ = self.workdir.record_realized(&file, *producer, output, produced.hash);
-                    }
+                    self.realize_output(*producer, output, produced).await?;
                 }
                 Input::Symlink { target } => {
                     if fs::read_link(&file).ok().as_deref() != Some(Path::new(target)) {
@@ -358,12 +344,8 @@ impl Executor {
         }
         let run = run(thunk, hash, launch).await?;
 
-        let stdout = self.store_file(&capture.path().join("stdout")).await?;
-        let stderr = self.store_file(&capture.path().join("stderr")).await?;
-        let mut status = match run.exit_code {
-            0 => Status::Success,
-            code => Status::Exit { code },
-        };
+        let (stdout, stderr) = self.store_captured(capture.path()).await?;
+        let mut status = run.status();
         let mut outputs = std::collections::BTreeMap::new();
         let mut undeclared = Vec::new();
         if status == Status::Success {
@@ -395,11 +377,7 @@ impl Executor {
                 outputs.insert(output.clone(), OutputFile { hash: stored.hash, size: stored.size, executable });
             }
         }
-        let mut reduction = Reduction::new(hash, status, stdout, stderr);
-        reduction.outputs = outputs;
-        reduction.duration_ms = run.duration.as_millis() as u64;
-        reduction.peak_memory_kib = run.peak_memory_kib;
-        reduction.engine = self.engine.clone();
+        let reduction = self.reduction(hash, status, outputs, stdout, stderr, &run);
         if undeclared.is_empty() {
             self.store.put_reduction(&reduction).await?;
         }
@@ -504,6 +482,43 @@ impl Executor {
         };
         write().map_err(sandbox_error(format!("cannot cache blob {hash}")))?;
         Ok(raw)
+    }
+
+    /// Makes the real path of `output` (of `thunk`) hold its bytes, writing them from the store only
+    /// when the file there is not already right, and records which output the file now holds.
+    pub async fn realize_output(&self, thunk: Hash, output: &SandboxPath, file: &OutputFile) -> Result<(), ExecError> {
+        let path = Path::new("/").join(output.as_str());
+        if self.workdir.hash_cache().digest(&path).is_ok_and(|digest| digest.hash == file.hash) {
+            return Ok(());
+        }
+        let bytes = self.store.get_blob(file.hash).await?;
+        crate::realize::realize(&path, &bytes, file.executable)
+            .map_err(sandbox_error(format!("cannot write {}", path.display())))?;
+        let _ = self.workdir.record_realized(&path, thunk, output, file.hash);
+        Ok(())
+    }
+
+    /// Stores what the program wrote to stdout and stderr (captured in `dir`).
+    async fn store_captured(&self, dir: &Path) -> Result<(BlobRef, BlobRef), ExecError> {
+        Ok((self.store_file(&dir.join("stdout")).await?, self.store_file(&dir.join("stderr")).await?))
+    }
+
+    /// The reduction of a run, signed by this executor's engine.
+    fn reduction(
+        &self,
+        hash: Hash,
+        status: Status,
+        outputs: std::collections::BTreeMap<SandboxPath, OutputFile>,
+        stdout: BlobRef,
+        stderr: BlobRef,
+        run: &RunResult,
+    ) -> Reduction {
+        let mut reduction = Reduction::new(hash, status, stdout, stderr);
+        reduction.outputs = outputs;
+        reduction.duration_ms = run.duration.as_millis() as u64;
+        reduction.peak_memory_kib = run.peak_memory_kib;
+        reduction.engine = self.engine.clone();
+        reduction
     }
 
     async fn store_file(&self, path: &Path) -> Result<BlobRef, ExecError> {
@@ -614,6 +629,16 @@ struct RunResult {
     exit_code: i32,
     duration: Duration,
     peak_memory_kib: u64,
+}
+
+impl RunResult {
+    /// Success or a compile error; a missing output is found later.
+    fn status(&self) -> Status {
+        match self.exit_code {
+            0 => Status::Success,
+            code => Status::Exit { code },
+        }
+    }
 }
 
 /// One process to start: everything already expanded to real paths.

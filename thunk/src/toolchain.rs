@@ -78,10 +78,12 @@ pub fn sysroot_of(rustc: &Path) -> Result<PathBuf, ToolchainError> {
 }
 
 /// The sysroot of the `rustc` command (a path, or a name looked up on PATH — a rustup proxy works),
-/// as `rustc --print sysroot` reports it.
-pub fn query_sysroot(rustc: &std::ffi::OsStr) -> Result<PathBuf, ToolchainError> {
+/// as `rustc --print sysroot` reports it when run in `dir` (rustup picks the toolchain from the
+/// project directory's `rust-toolchain.toml`, as cargo will).
+pub fn query_sysroot(rustc: &std::ffi::OsStr, dir: &Path) -> Result<PathBuf, ToolchainError> {
     let error = |message: String| ToolchainError::Probe { rustc: PathBuf::from(rustc), message };
-    let output = Command::new(rustc).args(["--print", "sysroot"]).output().map_err(|e| error(e.to_string()))?;
+    let output =
+        Command::new(rustc).args(["--print", "sysroot"]).current_dir(dir).output().map_err(|e| error(e.to_string()))?;
     if !output.status.success() {
         return Err(error(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())));
     }

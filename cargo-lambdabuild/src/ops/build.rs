@@ -131,7 +131,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
         Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
         None => std::env::current_dir()?,
     };
-    let sysroot = query_sysroot_in(&project_dir)?;
+    let sysroot = query_sysroot(std::ffi::OsStr::new("rustc"), &project_dir)?;
     let toolchain = name_local_toolchain(&sysroot, &args.target, &opened.workdir, &opened.store)
         .await
         .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
@@ -220,15 +220,6 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
         shell.status("Finished", &line);
         Ok(ExitCode::from(101))
     }
-}
-
-fn query_sysroot_in(dir: &Path) -> anyhow::Result<PathBuf> {
-    // rustup picks the toolchain from the project directory (rust-toolchain.toml), as cargo will.
-    let here = std::env::current_dir()?;
-    std::env::set_current_dir(dir).with_context(|| format!("cannot enter {}", dir.display()))?;
-    let sysroot = query_sysroot(std::ffi::OsStr::new("rustc"));
-    std::env::set_current_dir(here)?;
-    Ok(sysroot?)
 }
 
 fn passed_through(records: &[Record]) -> BTreeMap<String, usize> {

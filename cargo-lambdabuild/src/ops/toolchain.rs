@@ -14,7 +14,7 @@ pub async fn run(global: &GlobalArgs, args: ToolchainArgs, shell: &Shell) -> any
     let opened = super::open_store(global)?;
     let rustc = args.rustc.map_or_else(|| OsString::from("rustc"), OsString::from);
     let started = Instant::now();
-    let sysroot = query_sysroot(&rustc)?;
+    let sysroot = query_sysroot(&rustc, &std::env::current_dir()?)?;
     let toolchain = name_local_toolchain(&sysroot, &args.targets, &opened.workdir, &opened.store)
         .await
         .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
