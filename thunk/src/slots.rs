@@ -1,12 +1,16 @@
-//! A fixed number of slots handed out by priority: when a slot frees, the waiting thunk on the longest
-//! remaining path runs first, as cargo schedules by the depth of a unit's dependents. Ties go to the
-//! one that waited longest.
+//! A fixed number of slots handed out by priority: when a slot frees, the waiting thunk with the highest
+//! priority (see [`crate::force::Forcer::prioritize`]) runs first. Ties go to the one that waited longest.
+//!
+//! Priorities are looked up when a slot frees, not when a thunk starts waiting: `cargo lambdabuild`
+//! starts forcing while cargo is still reporting the graph, so a thunk may wait before its priority is
+//! known.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
+
+use crate::hash::Hash;
 
 /// The slots.
 #[derive(Clone)]
@@ -17,27 +21,14 @@ pub struct Slots {
 struct State {
     free: usize,
     next_ticket: u64,
-    waiting: BinaryHeap<(u64, Reverse<u64>, Waiter)>,
+    priorities: HashMap<Hash, u64>,
+    waiting: Vec<Waiter>,
 }
 
-/// Ordered by priority and ticket only.
-struct Waiter(oneshot::Sender<()>);
-
-impl PartialEq for Waiter {
-    fn eq(&self, _: &Waiter) -> bool {
-        true
-    }
-}
-impl Eq for Waiter {}
-impl PartialOrd for Waiter {
-    fn partial_cmp(&self, other: &Waiter) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Waiter {
-    fn cmp(&self, _: &Waiter) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
+struct Waiter {
+    thunk: Hash,
+    ticket: u64,
+    wake: oneshot::Sender<()>,
 }
 
 /// A slot held; dropping it passes the slot on.
@@ -48,35 +39,52 @@ pub struct Slot {
 impl Slots {
     /// `count` slots (at least one).
     pub fn new(count: usize) -> Slots {
-        Slots { state: Arc::new(Mutex::new(State { free: count.max(1), next_ticket: 0, waiting: BinaryHeap::new() })) }
+        let state = State { free: count.max(1), next_ticket: 0, priorities: HashMap::new(), waiting: Vec::new() };
+        Slots { state: Arc::new(Mutex::new(state)) }
     }
 
-    /// Waits for a slot; higher `priority` first.
-    pub async fn acquire(&self, priority: u64) -> Slot {
+    /// Sets the priorities of thunks (higher first); a thunk without one has priority 0.
+    pub fn set_priorities(&self, priorities: HashMap<Hash, u64>) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).priorities = priorities;
+    }
+
+    /// Waits for a slot to run `thunk`.
+    pub async fn acquire(&self, thunk: Hash) -> Slot {
         let receiver = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.free > 0 && state.waiting.is_empty() {
                 state.free -= 1;
                 return Slot { state: Arc::clone(&self.state) };
             }
-            let (sender, receiver) = oneshot::channel();
+            let (wake, receiver) = oneshot::channel();
             let ticket = state.next_ticket;
             state.next_ticket += 1;
-            state.waiting.push((priority, Reverse(ticket), Waiter(sender)));
+            state.waiting.push(Waiter { thunk, ticket, wake });
             receiver
         };
-        // The sender lives in the heap until a slot is handed over; it is never dropped unsent.
+        // The sender stays in the list until a slot is handed over; it is never dropped unsent.
         let _ = receiver.await;
         Slot { state: Arc::clone(&self.state) }
+    }
+}
+
+impl State {
+    /// Removes the waiter to run next: highest priority, then longest waiting. A linear scan: a few
+    /// thousand waiters at most, once per finished thunk.
+    fn take_next(&mut self) -> Option<Waiter> {
+        let priority = |waiter: &Waiter| self.priorities.get(&waiter.thunk).copied().unwrap_or(0);
+        let best = (0..self.waiting.len())
+            .max_by_key(|&i| (priority(&self.waiting[i]), std::cmp::Reverse(self.waiting[i].ticket)))?;
+        Some(self.waiting.swap_remove(best))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((_, _, Waiter(sender))) = state.waiting.pop() {
+        while let Some(waiter) = state.take_next() {
             // A waiter whose task was cancelled no longer listens: try the next one.
-            if sender.send(()).is_ok() {
+            if waiter.wake.send(()).is_ok() {
                 return;
             }
         }
@@ -88,25 +96,41 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_highest_priority_waiter_goes_first() {
+    fn thunk(name: &str) -> Hash {
+        Hash::of(name.as_bytes())
+    }
+
+    /// Four thunks wait for one held slot; their priorities are set (or changed) while they wait.
+    async fn order_of(priorities: &[(&'static str, u64)]) -> Vec<&'static str> {
         let slots = Slots::new(1);
-        let held = slots.acquire(0).await;
+        let held = slots.acquire(thunk("first")).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (name, priority) in [("low", 1), ("high", 9), ("middle", 5), ("middle-later", 5)] {
+        for name in ["low", "high", "middle", "middle-later"] {
             let (slots, order) = (slots.clone(), Arc::clone(&order));
             tasks.push(tokio::spawn(async move {
-                let _slot = slots.acquire(priority).await;
+                let _slot = slots.acquire(thunk(name)).await;
                 order.lock().unwrap().push(name);
             }));
             tokio::task::yield_now().await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        slots.set_priorities(priorities.iter().map(|(name, priority)| (thunk(name), *priority)).collect());
         drop(held);
         for task in tasks {
             task.await.unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), ["high", "middle", "middle-later", "low"]);
+        Arc::try_unwrap(order).unwrap().into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_highest_priority_waiter_goes_first() {
+        let order = order_of(&[("low", 1), ("high", 9), ("middle", 5), ("middle-later", 5)]).await;
+        assert_eq!(order, ["high", "middle", "middle-later", "low"]);
+    }
+
+    #[tokio::test]
+    async fn waiters_without_a_priority_go_in_arrival_order() {
+        assert_eq!(order_of(&[]).await, ["low", "high", "middle", "middle-later"]);
     }
 }
