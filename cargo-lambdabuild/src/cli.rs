@@ -21,10 +21,17 @@ pub struct Cli {
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Where thunks, blobs and reductions are kept: a directory
+    /// Where thunks, blobs and reductions are kept: a directory, or s3://BUCKET/PREFIX (shared, with
+    /// the cache directory in front of it) [default: the cache directory]
+    #[arg(long, global = true, value_name = "DIR|s3://BUCKET/PREFIX", env = thunk::env::STORE_VAR)]
+    pub store: Option<String>,
+    /// The local store, and the cache in front of an S3 store
     /// [default: $XDG_CACHE_HOME/lambdabuild or ~/.cache/lambdabuild]
-    #[arg(long, global = true, value_name = "DIR", env = thunk::env::STORE_VAR)]
-    pub store: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "DIR", env = thunk::env::CACHE_DIR_VAR)]
+    pub cache_dir: Option<PathBuf>,
+    /// Requests to an S3 store in flight at most (uploads, checks and downloads together)
+    #[arg(long, global = true, value_name = "N", default_value_t = 32, env = "LAMBDABUILD_UPLOAD_JOBS")]
+    pub upload_jobs: usize,
     /// Print less: errors only
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -54,6 +61,9 @@ pub enum Command {
     Build(Box<BuildArgs>),
     /// Build the real files behind placeholders
     Force(ForceArgs),
+    /// Model the build like `build --dry-run`, then upload everything its graph needs to the store
+    /// (an S3 store), as a remote engine needs it
+    Upload(Box<UploadArgs>),
     /// Show a thunk, placeholder, reduction or toolchain in readable form
     Describe(DescribeArgs),
     /// Name the local rustc toolchain: hash its files, store its manifest, prepare it for the executor
@@ -169,6 +179,16 @@ pub struct BuildArgs {
     /// Stop after the model phase and report the graph's size
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `cargo lambdabuild upload`.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// Leave the packed toolchain out (a remote engine needs it once per toolchain)
+    #[arg(long)]
+    pub without_toolchain: bool,
+    #[command(flatten)]
+    pub build: BuildArgs,
 }
 
 /// `cargo lambdabuild force`.

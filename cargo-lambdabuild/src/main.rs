@@ -4,6 +4,7 @@
 mod cli;
 mod ops;
 mod shell;
+mod upload;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,7 @@ fn run(cli: cli::Cli, shell: &shell::Shell) -> anyhow::Result<ExitCode> {
             None => ops::build::run(&cli.global, cli.build, shell).await,
             Some(cli::Command::Build(args)) => ops::build::run(&cli.global, *args, shell).await,
             Some(cli::Command::Force(args)) => ops::build::force_paths(&cli.global, args, shell).await,
+            Some(cli::Command::Upload(args)) => ops::upload::run(&cli.global, *args, shell).await,
             Some(cli::Command::Describe(args)) => {
                 ops::describe::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
             }

@@ -96,6 +96,7 @@ fn crate_name_of(args: &[String]) -> String {
 }
 
 struct Opened {
+    /// The local store: the model writes thunks here, never waiting on a remote store.
     store: Store,
     workdir: Workdir,
 }
@@ -108,6 +109,19 @@ fn open(session: &Session) -> Result<Opened, ModelError> {
     let backend = LocalBackend::open(&session.config.store).map_err(io(&session.config.store))?;
     let workdir = Workdir::open(&session.config.store).map_err(io(&session.config.store))?;
     Ok(Opened { store: Store::new(Arc::new(backend)), workdir })
+}
+
+/// The store thunks are forced through: the session's remote store (with the local one in front) when
+/// it has one, so that reductions other machines stored are used.
+async fn forcing_store(session: &Session, local: &Store) -> Result<Store, ModelError> {
+    let Some(remote) = &session.config.remote else {
+        return Ok(local.clone());
+    };
+    let spec = store_s3::StoreSpec::parse(remote).map_err(|e| ModelError::Remote(e.to_string()))?;
+    let opened = store_s3::open_store(&spec, &session.config.store, store_s3::S3Options::default(), false)
+        .await
+        .map_err(|e| ModelError::Remote(e.to_string()))?;
+    Ok(opened.store)
 }
 
 async fn model_call(session: &Session, rustc: &Path, call: &Call) -> Result<ExitCode, ModelError> {
@@ -137,6 +151,7 @@ async fn model_call(session: &Session, rustc: &Path, call: &Call) -> Result<Exit
         let _ = session.index_output(path, modelled.hash, output);
     }
     if call.is_build_script() {
+        let store = forcing_store(session, &store).await?;
         return force_build_script(session, &store, &workdir, call, &modelled).await;
     }
     let record = Record::Thunk {
@@ -272,6 +287,7 @@ fn make_dependencies_real(session: &Session, externs: &[PathBuf]) -> Result<(), 
         .map_err(|source| ModelError::Io { path: ".".into(), source })?;
     runtime.block_on(async {
         let Opened { store, workdir } = open(session)?;
+        let store = forcing_store(session, &store).await?;
         let forcer = Forcer::new(store.clone(), workdir.clone(), session.config.slots);
         let mut thunks: Vec<Hash> = placeholders.iter().map(|(_, p)| p.thunk).collect();
         for (_, placeholder) in &placeholders {

@@ -102,6 +102,9 @@ pub enum ModelError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The session's remote store cannot be opened.
+    #[error("{0}")]
+    Remote(String),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError {

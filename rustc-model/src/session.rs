@@ -11,8 +11,12 @@ use thunk::Hash;
 /// Written by `cargo lambdabuild` before it runs cargo.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionConfig {
-    /// The local store directory.
+    /// The local store directory (for an S3 store, its local cache).
     pub store: PathBuf,
+    /// `s3://BUCKET/PREFIX` when the store is remote: build scripts are forced through it, so a
+    /// reduction another machine stored is used here.
+    #[serde(default)]
+    pub remote: Option<String>,
     /// The sysroot of the rustc cargo will run.
     pub sysroot: PathBuf,
     /// That toolchain's hash (already named, so wrappers need not hash it again).

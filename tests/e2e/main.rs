@@ -3,7 +3,9 @@
 
 mod build;
 mod cli;
+mod proxy;
 mod ripgrep;
+mod s3;
 mod support;
 mod tidy;
 mod wrapper;

@@ -82,6 +82,16 @@ pub fn hygienic(command: &mut Command) -> &mut Command {
         "MFLAGS",
         "LAMBDABUILD_SESSION",
         "CARGO_INCREMENTAL",
+        // `eval "$(scripts/dev-services up)"` exports these: a test names its store and server itself.
+        "LAMBDABUILD_STORE",
+        "LAMBDABUILD_CACHE_DIR",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
     ] {
         command.env_remove(var);
     }
@@ -117,6 +127,11 @@ impl Build {
 
     pub fn count(&self, field: &str) -> u64 {
         self.summary[field].as_u64().unwrap_or_else(|| panic!("no {field} in {}", self.summary))
+    }
+
+    /// Every artifact's path and the hash of its bytes.
+    pub fn artifact_hashes(&self) -> std::collections::BTreeMap<PathBuf, thunk::Hash> {
+        self.artifacts.iter().map(|a| (a.path.clone(), thunk::Hash::of(&std::fs::read(&a.path).unwrap()))).collect()
     }
 }
 
@@ -174,8 +189,14 @@ impl Project {
 
     /// The same, with extra environment variables.
     pub fn lambdabuild_with(&self, args: &[&str], env: &[(&str, &str)]) -> Build {
+        let owned: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.lambdabuild_with_env(args, &owned)
+    }
+
+    /// The same, with extra environment variables given as owned pairs.
+    pub fn lambdabuild_with_env(&self, args: &[&str], env: &[(String, String)]) -> Build {
         let mut command = self.lambdabuild_command(args);
-        command.envs(env.iter().copied());
+        command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let output = command.output().unwrap();
         let stdout = String::from_utf8(output.stdout).unwrap();
         let summary = stdout
@@ -235,5 +256,77 @@ impl Project {
             .collect();
         assert!(differing.is_empty(), "artifacts that differ from plain cargo's: {differing:#?}");
         build
+    }
+}
+
+/// The local S3 server of `scripts/dev-services` (started here when `.ci/run` has not started it).
+pub struct S3Server {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Where the server keeps buckets (one directory each) and objects (one file each).
+    pub data: PathBuf,
+}
+
+/// The server, shared by every test of this process.
+pub fn s3_server() -> &'static S3Server {
+    static SERVER: std::sync::OnceLock<S3Server> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-services");
+        let output = Command::new(&script).arg("up").output().unwrap();
+        assert!(output.status.success(), "dev-services up failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let exports: std::collections::HashMap<&str, &str> =
+            stdout.lines().filter_map(|line| line.strip_prefix("export ")?.split_once('=')).collect();
+        let get =
+            |name: &str| exports.get(name).unwrap_or_else(|| panic!("dev-services up printed no {name}")).to_string();
+        S3Server {
+            endpoint: get("AWS_ENDPOINT_URL"),
+            access_key: get("AWS_ACCESS_KEY_ID"),
+            secret_key: get("AWS_SECRET_ACCESS_KEY"),
+            data: PathBuf::from(get("LAMBDABUILD_DEV_S3_DATA")),
+        }
+    })
+}
+
+impl S3Server {
+    /// A new, empty bucket, and a location under `prefix` in it.
+    pub fn create_bucket(&self, prefix: &str) -> store_s3::S3Location {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let bucket = format!("test-{}-{number}", std::process::id());
+        // s3s-fs keeps a bucket as a directory of its data directory.
+        std::fs::create_dir_all(self.data.join(&bucket)).unwrap();
+        store_s3::S3Location::parse(&format!("{bucket}/{prefix}")).unwrap()
+    }
+
+    /// The environment of a process that talks to this server at `endpoint` (the server, or a proxy
+    /// in front of it).
+    pub fn env(&self, endpoint: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", &self.access_key),
+            ("AWS_SECRET_ACCESS_KEY", &self.secret_key),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            // Nothing of the machine's own AWS setup may leak in.
+            ("AWS_CONFIG_FILE", "/dev/null"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+    }
+
+    /// The same, as an SDK configuration for the library.
+    pub fn sdk_config(&self, endpoint: &str) -> aws_config::SdkConfig {
+        let credentials = aws_sdk_s3::config::Credentials::new(&self.access_key, &self.secret_key, None, None, "test");
+        aws_config::SdkConfig::builder()
+            .endpoint_url(endpoint)
+            .region(aws_sdk_s3::config::Region::from_static("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(credentials))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build()
     }
 }

@@ -5,9 +5,12 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// Names the store: a directory today (`s3://BUCKET/PREFIX` once the S3 store exists). Read by the
-/// command line parser, as the default of `--store`.
+/// Names the store: a directory or `s3://BUCKET/PREFIX`. Read by the command line parser, as the
+/// default of `--store`.
 pub const STORE_VAR: &str = "LAMBDABUILD_STORE";
+
+/// The local store and cache directory, the default of `--cache-dir`.
+pub const CACHE_DIR_VAR: &str = "LAMBDABUILD_CACHE_DIR";
 
 /// The default local store: `$XDG_CACHE_HOME/lambdabuild`, else `~/.cache/lambdabuild`.
 pub fn default_store_dir() -> Option<PathBuf> {

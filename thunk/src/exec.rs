@@ -522,9 +522,14 @@ impl Executor {
     }
 
     async fn store_file(&self, path: &Path) -> Result<BlobRef, ExecError> {
-        let bytes = fs::read(path).map_err(sandbox_error(format!("cannot read {}", path.display())))?;
-        let hash = self.store.put_blob(&bytes).await?;
-        Ok(BlobRef { hash, size: bytes.len() as u64 })
+        let owned = path.to_owned();
+        let bytes = tokio::task::spawn_blocking(move || fs::read(owned))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|read| read)
+            .map_err(sandbox_error(format!("cannot read {}", path.display())))?;
+        let (hash, size) = self.store.put_blob_vec(bytes).await?;
+        Ok(BlobRef { hash, size })
     }
 
     /// Stores one declared output; `None` when the program did not write it.

@@ -7,6 +7,7 @@
 //! <store>/work/sandboxes/         one directory per running thunk
 //! <store>/work/locks/<hash>       flock(2) files: one process runs a thunk, the others wait
 //! <store>/work/realized/          which thunk output a real file in a target dir holds
+//! <store>/work/remote/<url-hash>.known  the objects a remote store is known to hold
 //! ```
 
 use std::fs;
@@ -83,6 +84,12 @@ impl Workdir {
         let hash = fields.next()?.parse().ok()?;
         let output = crate::SandboxPath::new(fields.next()?).ok()?;
         Some((thunk, hash, output))
+    }
+
+    /// What the remote store named `url` is known to hold (see [`crate::store::KnownObjects`]).
+    pub fn known_objects(&self, url: &str) -> crate::store::KnownObjects {
+        let name = Hash::of(url.as_bytes()).to_hex();
+        crate::store::KnownObjects::open(&self.root.join("remote").join(format!("{name}.known")))
     }
 
     /// The hash cache.

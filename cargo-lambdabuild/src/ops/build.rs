@@ -109,13 +109,30 @@ fn default_target_dir(args: &BuildArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// What the model phase produced.
-struct Modelled {
+pub struct Modelled {
     /// Cargo's JSON messages (printed again after forcing, for `--message-format=json`).
     messages: Vec<String>,
     /// The artifacts cargo reported that were placeholders when it reported them.
     roots: Vec<Root>,
     records: Vec<Record>,
-    seconds: f64,
+    pub seconds: f64,
+    /// The session directory, removed when the build is done with it.
+    _session: Option<tempfile::TempDir>,
+}
+
+impl Modelled {
+    /// The thunks behind the artifacts that are still placeholders.
+    pub fn root_thunks(&self) -> Vec<Hash> {
+        let mut thunks: Vec<Hash> = self.roots.iter().map(|(_, placeholder, _)| placeholder.thunk).collect();
+        thunks.sort();
+        thunks.dedup();
+        thunks
+    }
+
+    /// How many rustc calls became thunks.
+    pub fn thunk_count(&self) -> usize {
+        self.records.iter().filter(|r| matches!(r, Record::Thunk { .. })).count()
+    }
 }
 
 pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow::Result<ExitCode> {
@@ -124,40 +141,15 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
         bail!("--message-format must be human, short or json");
     }
     let slots = parse_engine(args.engine.as_deref())?;
-    let opened = super::open_store(global)?;
-    let started = Instant::now();
-
-    let project_dir = match &args.manifest_path {
-        Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
-        None => std::env::current_dir()?,
-    };
-    let sysroot = query_sysroot(std::ffi::OsStr::new("rustc"), &project_dir)?;
-    let toolchain = name_local_toolchain(&sysroot, &args.target, &opened.workdir, &opened.store)
-        .await
-        .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
-    let target_dir = match &args.target_dir {
-        Some(dir) => std::path::absolute(dir)?,
-        None => default_target_dir(&args)?,
-    }
-    .join("lambdabuild");
-
-    let sessions = opened.dir.join("work/sessions");
-    std::fs::create_dir_all(&sessions)?;
-    let session_dir = tempfile::Builder::new().prefix("session-").tempdir_in(&sessions)?;
-    let config = SessionConfig {
-        store: opened.dir.clone(),
-        sysroot,
-        toolchain: toolchain.hash,
-        target_dir: target_dir.clone(),
-        slots,
-    };
-    let session = Session::create(session_dir.path(), config)?;
-
-    let modelled = model_phase(global, &args, &session, &target_dir, started).await?;
-    let Some(modelled) = modelled else {
+    let opened = super::open_store(global).await?;
+    // The forcer starts on each artifact as cargo reports it, while the model phase goes on: on a
+    // machine with few cores, the model phase's single-threaded stretches would otherwise idle them.
+    let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
+    let early_forcer = (!args.dry_run).then_some(&forcer);
+    let Some(modelled) = model(global, &args, &opened, slots, early_forcer).await? else {
         return Ok(ExitCode::from(101));
     };
-    let thunks = modelled.records.iter().filter(|r| matches!(r, Record::Thunk { .. })).count();
+    let thunks = modelled.thunk_count();
     let passed_through = passed_through(&modelled.records);
     if args.dry_run {
         let roots = &modelled.roots;
@@ -169,7 +161,6 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     }
 
     let force_started = Instant::now();
-    let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
     let report = force_and_write(&forcer, &opened.store, &modelled.roots, shell).await?;
     let force_seconds = force_started.elapsed().as_secs_f64();
     // Build scripts were forced during the model phase, each by its own wrapper: a thunk counts once,
@@ -232,13 +223,56 @@ fn passed_through(records: &[Record]) -> BTreeMap<String, usize> {
     reasons
 }
 
+/// The model phase: names the toolchain, opens a session for the wrappers and runs cargo with them;
+/// `None` when cargo failed (its errors are already on stderr). With a `forcer`, each artifact is
+/// forced as soon as cargo reports it.
+pub async fn model(
+    global: &GlobalArgs,
+    args: &BuildArgs,
+    opened: &super::OpenStore,
+    slots: usize,
+    forcer: Option<&Forcer>,
+) -> anyhow::Result<Option<Modelled>> {
+    let started = Instant::now();
+    let project_dir = match &args.manifest_path {
+        Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
+        None => std::env::current_dir()?,
+    };
+    let sysroot = query_sysroot(std::ffi::OsStr::new("rustc"), &project_dir)?;
+    // Named in the local store: the model phase never waits on a remote one.
+    let toolchain = name_local_toolchain(&sysroot, &args.target, &opened.workdir, &opened.local)
+        .await
+        .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
+    let target_dir = match &args.target_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => default_target_dir(args)?,
+    }
+    .join("lambdabuild");
+
+    let sessions = opened.dir.join("work/sessions");
+    std::fs::create_dir_all(&sessions)?;
+    let session_dir = tempfile::Builder::new().prefix("session-").tempdir_in(&sessions)?;
+    let config = SessionConfig {
+        store: opened.dir.clone(),
+        remote: opened.remote.clone(),
+        sysroot,
+        toolchain: toolchain.hash,
+        target_dir: target_dir.clone(),
+        slots,
+    };
+    let session = Session::create(session_dir.path(), config)?;
+    let modelled = run_cargo(global, args, &session, &target_dir, started, forcer).await?;
+    Ok(modelled.map(|modelled| Modelled { _session: Some(session_dir), ..modelled }))
+}
+
 /// Runs cargo with the wrapper; `None` when cargo failed (its errors are already on stderr).
-async fn model_phase(
+async fn run_cargo(
     global: &GlobalArgs,
     args: &BuildArgs,
     session: &Session,
     target_dir: &Path,
     started: Instant,
+    forcer: Option<&Forcer>,
 ) -> anyhow::Result<Option<Modelled>> {
     let wrapper = std::env::current_exe()?.with_file_name("rustc-model");
     if !wrapper.is_file() {
@@ -271,6 +305,8 @@ async fn model_phase(
     });
     let mut messages = Vec::new();
     let mut roots = Vec::new();
+    let mut started_thunks = Vec::new();
+    let mut prioritized = Instant::now();
     while let Some(line) = lines.recv().await {
         if let Ok(Message::CompilerArtifact(artifact)) = serde_json::from_str::<Message>(&line) {
             let executable = artifact.executable.as_ref().map(|p| p.clone().into_std_path_buf());
@@ -278,7 +314,21 @@ async fn model_phase(
                 let file = file.into_std_path_buf();
                 let Ok(Some(placeholder)) = Placeholder::read(&file) else { continue };
                 let is_executable = executable.as_ref() == Some(&file);
+                if let Some(forcer) = forcer
+                    && !started_thunks.contains(&placeholder.thunk)
+                {
+                    started_thunks.push(placeholder.thunk);
+                    // Detached: the outcome stays in the forcer, and `force_and_write` waits for it.
+                    drop(tokio::spawn(forcer.force(placeholder.thunk)));
+                }
                 roots.push((file, placeholder, is_executable));
+            }
+            // What waits is ordered by the graph known so far; a few times a second is plenty.
+            if let Some(forcer) = forcer
+                && prioritized.elapsed() > std::time::Duration::from_millis(200)
+            {
+                forcer.prioritize(&started_thunks).await?;
+                prioritized = Instant::now();
             }
         }
         messages.push(line);
@@ -289,7 +339,7 @@ async fn model_phase(
         return Ok(None);
     }
     let records = session.records()?;
-    Ok(Some(Modelled { messages, roots, records, seconds: started.elapsed().as_secs_f64() }))
+    Ok(Some(Modelled { messages, roots, records, seconds: started.elapsed().as_secs_f64(), _session: None }))
 }
 
 /// An artifact path, the placeholder that stood there, and whether cargo calls it the executable.
@@ -441,7 +491,7 @@ async fn show_diagnostics(store: &Store, hash: Hash, forced: &Forced, shell: &Sh
 /// `cargo lambdabuild force PATH…`.
 pub async fn force_paths(global: &GlobalArgs, args: ForceArgs, shell: &Shell) -> anyhow::Result<ExitCode> {
     let slots = parse_engine(args.engine.as_deref())?;
-    let opened = super::open_store(global)?;
+    let opened = super::open_store(global).await?;
     let mut artifacts = Vec::new();
     for path in &args.paths {
         match Placeholder::read(path).with_context(|| format!("cannot read {}", path.display()))? {

@@ -40,7 +40,7 @@ enum Described {
 }
 
 pub async fn run(global: &GlobalArgs, args: DescribeArgs, shell: &Shell) -> anyhow::Result<()> {
-    let store = super::open_store(global)?.store;
+    let store = super::open_store(global).await?.store;
     let described = resolve(&store, &args.target).await?;
     let text = if args.json { format!("{:#}\n", to_json(&described)) } else { render(&store, &described).await? };
     shell.print(&text);

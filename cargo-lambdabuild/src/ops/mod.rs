@@ -3,35 +3,56 @@
 pub mod build;
 pub mod describe;
 pub mod toolchain;
+pub mod upload;
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use store_s3::{S3Options, StoreSpec};
+use thunk::Store;
 use thunk::workdir::Workdir;
-use thunk::{LocalBackend, Store};
 
 use crate::cli::GlobalArgs;
 
 /// The store and the machine-local workdir beside it.
 pub struct OpenStore {
+    /// The store: local, or S3 with the local cache in front.
     pub store: Store,
+    /// The local store alone.
+    pub local: Store,
     pub workdir: Workdir,
-    /// The store's directory.
-    pub dir: std::path::PathBuf,
+    /// The local store's directory (for an S3 store, its cache).
+    pub dir: PathBuf,
+    /// `s3://…` when the store is remote: the wrappers open it too.
+    pub remote: Option<String>,
 }
 
-/// Opens the store named by `--store` / `LAMBDABUILD_STORE`, or the default under the user's cache dir.
-pub fn open_store(global: &GlobalArgs) -> anyhow::Result<OpenStore> {
-    let dir = match &global.store {
+/// Opens the store named by `--store` / `LAMBDABUILD_STORE`, or the local store in the cache directory.
+/// An S3 store is checked at once, so a missing bucket or refused credentials give one clear line.
+pub async fn open_store(global: &GlobalArgs) -> anyhow::Result<OpenStore> {
+    let absolute = |dir: PathBuf| -> anyhow::Result<PathBuf> {
+        Ok(if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) })
+    };
+    let cache_dir = match &global.cache_dir {
         Some(dir) => dir.clone(),
         None => thunk::env::default_store_dir()
-            .context("cannot find a cache directory for the store: set HOME or XDG_CACHE_HOME, or pass --store DIR")?,
+            .context("cannot find a cache directory: set HOME or XDG_CACHE_HOME, or pass --cache-dir DIR")?,
     };
-    if dir.to_str().is_some_and(|text| text.contains("://")) {
-        bail!("the store `{}` is not a directory; only local directory stores are supported so far", dir.display());
-    }
-    let dir = if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) };
-    let backend = LocalBackend::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
-    let workdir = Workdir::open(&dir).with_context(|| format!("cannot open the store at {}", dir.display()))?;
-    Ok(OpenStore { store: Store::new(Arc::new(backend)), workdir, dir })
+    let spec = match &global.store {
+        Some(text) => StoreSpec::parse(text)?,
+        None => StoreSpec::Local(cache_dir.clone()),
+    };
+    let spec = match spec {
+        StoreSpec::Local(dir) => StoreSpec::Local(absolute(dir)?),
+        remote => remote,
+    };
+    let options = S3Options { concurrency: global.upload_jobs.max(1), ..S3Options::default() };
+    let opened = store_s3::open_store(&spec, &absolute(cache_dir)?, options, true).await?;
+    Ok(OpenStore {
+        store: opened.store,
+        local: opened.local,
+        workdir: opened.workdir,
+        dir: opened.local_dir,
+        remote: spec.remote_url(),
+    })
 }

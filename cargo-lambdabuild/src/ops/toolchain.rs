@@ -11,7 +11,7 @@ use crate::cli::{GlobalArgs, ToolchainArgs};
 use crate::shell::{Shell, human_bytes};
 
 pub async fn run(global: &GlobalArgs, args: ToolchainArgs, shell: &Shell) -> anyhow::Result<()> {
-    let opened = super::open_store(global)?;
+    let opened = super::open_store(global).await?;
     let rustc = args.rustc.map_or_else(|| OsString::from("rustc"), OsString::from);
     let started = Instant::now();
     let sysroot = query_sysroot(&rustc, &std::env::current_dir()?)?;

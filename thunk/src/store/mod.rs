@@ -9,12 +9,18 @@
 //!
 //! A [`Backend`] only moves opaque bytes under keys; the [`Store`] facade around it compresses, and
 //! verifies every object it reads against its name, so no backend can forget to.
+//!
+//! A remote store (S3) is used through a local cache: [`Store::cached`] keeps a verified copy of every
+//! object read or written in a local store, and a [`KnownObjects`] list of what the remote holds, so an
+//! object is fetched once per machine and checked or uploaded once per machine.
 
+mod known;
 mod local;
 
 use std::fmt;
 use std::sync::Arc;
 
+pub use known::KnownObjects;
 pub use local::LocalBackend;
 
 use crate::decode::DecodeError;
@@ -27,7 +33,7 @@ use crate::thunk::Thunk;
 const ZSTD_LEVEL: i32 = 1;
 
 /// Names one object of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectKey {
     /// File bytes, named by their hash.
     Blob(Hash),
@@ -122,12 +128,37 @@ pub trait Backend: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    cache: Option<Arc<Cache>>,
+}
+
+/// The local side of a remote store.
+#[derive(Debug)]
+struct Cache {
+    local: LocalBackend,
+    known: KnownObjects,
 }
 
 impl Store {
     /// A store over `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Store {
-        Store { backend }
+        Store { backend, cache: None }
+    }
+
+    /// A store over a remote `backend`, with `local` in front of it as a cache and `known` listing
+    /// what the remote holds. Objects read are kept in `local` once verified; objects written go to
+    /// both, to the remote only when it is not known to hold them already.
+    pub fn cached(backend: Arc<dyn Backend>, local: LocalBackend, known: KnownObjects) -> Store {
+        Store { backend, cache: Some(Arc::new(Cache { local, known })) }
+    }
+
+    /// The backend behind this store (the remote one, for a cached store).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The local cache of a remote store and what the remote is known to hold.
+    pub fn local_cache(&self) -> Option<(&LocalBackend, &KnownObjects)> {
+        self.cache.as_deref().map(|cache| (&cache.local, &cache.known))
     }
 
     /// How the user named this store.
@@ -139,18 +170,35 @@ impl Store {
     pub async fn put_blob(&self, bytes: &[u8]) -> Result<Hash, StoreError> {
         let hash = Hash::of(bytes);
         let key = ObjectKey::Blob(hash);
-        if !self.has(key).await? {
+        if !self.complete(key).await? {
             self.put_compressed(key, bytes).await?;
         }
         Ok(hash)
     }
 
+    /// Like [`Store::put_blob`] for a buffer of any size: hashing and compression run on a blocking
+    /// thread, so a large output does not stall the async threads that watch running compiles. Returns
+    /// the hash and the size.
+    pub async fn put_blob_vec(&self, bytes: Vec<u8>) -> Result<(Hash, u64), StoreError> {
+        let size = bytes.len() as u64;
+        let (hash, bytes) =
+            tokio::task::spawn_blocking(move || (Hash::of(&bytes), bytes)).await.expect("hashing does not panic");
+        let key = ObjectKey::Blob(hash);
+        if !self.complete(key).await? {
+            let compressed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&bytes, ZSTD_LEVEL))
+                .await
+                .expect("compressing does not panic")
+                .map_err(|e| self.backend_error("write", key, e))?;
+            self.put_object(key, compressed).await?;
+        }
+        Ok((hash, size))
+    }
+
     /// The bytes of blob `hash`, verified against the hash.
     pub async fn get_blob(&self, hash: Hash) -> Result<Vec<u8>, StoreError> {
         let key = ObjectKey::Blob(hash);
-        let bytes = self.get_decompressed(key).await?.ok_or_else(|| self.missing(key))?;
-        self.verify(key, hash, &bytes)?;
-        Ok(bytes)
+        let check = |bytes: Vec<u8>| self.verify(key, hash, &bytes).map(|()| bytes);
+        self.get_checked(key, check).await?.ok_or_else(|| self.missing(key))
     }
 
     /// Stores a thunk (unless already there) and returns its hash.
@@ -158,7 +206,7 @@ impl Store {
         let bytes = thunk.canonical_bytes();
         let hash = Hash::of(&bytes);
         let key = ObjectKey::Thunk(hash);
-        if !self.has(key).await? {
+        if !self.complete(key).await? {
             self.put_compressed(key, &bytes).await?;
         }
         Ok(hash)
@@ -167,9 +215,11 @@ impl Store {
     /// The thunk named `hash`, verified and decoded.
     pub async fn get_thunk(&self, hash: Hash) -> Result<Thunk, StoreError> {
         let key = ObjectKey::Thunk(hash);
-        let bytes = self.get_decompressed(key).await?.ok_or_else(|| self.missing(key))?;
-        self.verify(key, hash, &bytes)?;
-        Thunk::decode(&bytes).map_err(|source| self.decode_error(key, source))
+        let check = |bytes: Vec<u8>| {
+            self.verify(key, hash, &bytes)?;
+            Thunk::decode(&bytes).map_err(|source| self.decode_error(key, source))
+        };
+        self.get_checked(key, check).await?.ok_or_else(|| self.missing(key))
     }
 
     /// Stores a reduction. Callers store every blob it names first (see [`crate::exec`]).
@@ -180,28 +230,84 @@ impl Store {
     /// The reduction of thunk `thunk`, if it has been forced.
     pub async fn get_reduction(&self, thunk: Hash) -> Result<Option<Reduction>, StoreError> {
         let key = ObjectKey::Reduction(thunk);
-        let Some(bytes) = self.get_decompressed(key).await? else {
-            return Ok(None);
-        };
-        Reduction::decode(&bytes, Some(thunk)).map(Some).map_err(|source| self.decode_error(key, source))
+        let check =
+            |bytes: Vec<u8>| Reduction::decode(&bytes, Some(thunk)).map_err(|source| self.decode_error(key, source));
+        self.get_checked(key, check).await
     }
 
-    /// Whether the store has the object.
+    /// Whether there is nothing to write for `key`: the store has it (and a cached store's local copy
+    /// is there too).
+    async fn complete(&self, key: ObjectKey) -> Result<bool, StoreError> {
+        if let Some(cache) = &self.cache
+            && !cache.local.has(key).await.unwrap_or(false)
+        {
+            return Ok(false);
+        }
+        self.has(key).await
+    }
+
+    /// Whether the store has the object (for a cached store: whether the remote has it).
     pub async fn has(&self, key: ObjectKey) -> Result<bool, StoreError> {
-        self.backend.has(key).await.map_err(|source| self.backend_error("check", key, source))
+        if let Some(cache) = &self.cache
+            && cache.known.contains(key)
+        {
+            return Ok(true);
+        }
+        let has = self.backend.has(key).await.map_err(|source| self.backend_error("check", key, source))?;
+        if has && let Some(cache) = &self.cache {
+            cache.known.insert(key);
+        }
+        Ok(has)
     }
 
     async fn put_compressed(&self, key: ObjectKey, bytes: &[u8]) -> Result<(), StoreError> {
         let compressed = zstd::bulk::compress(bytes, ZSTD_LEVEL).map_err(|e| self.backend_error("write", key, e))?;
-        self.backend.put(key, compressed).await.map_err(|source| self.backend_error("write", key, source))
+        self.put_object(key, compressed).await
     }
 
-    async fn get_decompressed(&self, key: ObjectKey) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(compressed) = self.backend.get(key).await.map_err(|e| self.backend_error("read", key, e))? else {
+    /// Writes an object as it is stored (compressed): to the cache, and to the backend unless it is
+    /// known to hold it (a reduction is always written: it may replace one that could not be read).
+    pub async fn put_object(&self, key: ObjectKey, stored: Vec<u8>) -> Result<(), StoreError> {
+        let Some(cache) = &self.cache else {
+            return self.backend.put(key, stored).await.map_err(|source| self.backend_error("write", key, source));
+        };
+        if matches!(key, ObjectKey::Reduction(_)) || !self.has(key).await? {
+            self.backend.put(key, stored.clone()).await.map_err(|source| self.backend_error("write", key, source))?;
+            cache.known.insert(key);
+        }
+        // The local copy is only a cache: failing to keep it costs a fetch later.
+        let _ = cache.local.put(key, stored).await;
+        Ok(())
+    }
+
+    /// Reads an object and checks it with `check` (which turns the raw bytes into what the caller
+    /// wants, or says why they are wrong). A cached store answers from its local copy when that passes
+    /// the check; otherwise it fetches from the remote and keeps the copy only if it passes.
+    async fn get_checked<T>(
+        &self,
+        key: ObjectKey,
+        check: impl Fn(Vec<u8>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        if let Some(cache) = &self.cache
+            && let Ok(Some(stored)) = cache.local.get(key).await
+            && let Ok(value) = self.decompress(key, &stored).and_then(&check)
+        {
+            return Ok(Some(value));
+        }
+        let Some(stored) = self.backend.get(key).await.map_err(|e| self.backend_error("read", key, e))? else {
             return Ok(None);
         };
+        let value = check(self.decompress(key, &stored)?)?;
+        if let Some(cache) = &self.cache {
+            cache.known.insert(key);
+            let _ = cache.local.put(key, stored).await;
+        }
+        Ok(Some(value))
+    }
+
+    fn decompress(&self, key: ObjectKey, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
         // A damaged frame is corruption of the object, not a failure of the backend.
-        zstd::stream::decode_all(&compressed[..]).map(Some).map_err(|e| StoreError::Corrupt {
+        zstd::stream::decode_all(stored).map_err(|e| StoreError::Corrupt {
             key,
             store: self.describe(),
             actual: format!("nothing: it is not a valid zstd frame ({e})"),

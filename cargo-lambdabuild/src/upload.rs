@@ -1,0 +1,245 @@
+//! The uploader: before a remote engine forces a graph, the remote store gets every object the graph
+//! needs that it lacks.
+//!
+//! 1. Walk the graph from its roots: every thunk, every blob input (source files stay where they are
+//!    on this machine, named by hash; they are read, checked against their hash and compressed on the
+//!    way), each toolchain's manifest, and (when asked) each toolchain's packed layer.
+//! 2. Skip what the local list of known objects says the remote holds: an unchanged graph uploaded
+//!    from this machine before costs no request at all.
+//! 3. Check the rest with parallel HEAD requests, and PUT what is missing, in parallel. The S3 backend
+//!    bounds the requests in flight, writes content-addressed objects conditionally, goes multipart
+//!    for large bodies, and retries throttling and 5xx with backoff.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use thunk::LocalBackend;
+use thunk::store::Backend;
+use thunk::workdir::Workdir;
+use thunk::{Hash, Input, ObjectKey, Store};
+
+/// zstd level for source blobs compressed on the way up (the same as the store's).
+const ZSTD_LEVEL: i32 = 1;
+
+/// zstd level of a packed toolchain layer: level 3 packs the 500 MB toolchain in seconds to about a
+/// third of its size.
+const LAYER_LEVEL: i32 = 3;
+
+/// What an upload did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UploadReport {
+    /// Objects the graph needs.
+    pub objects: usize,
+    /// Skipped because this machine knows the store holds them.
+    pub known: usize,
+    /// Found in the store by a check.
+    pub present: usize,
+    /// Uploaded.
+    pub uploaded: usize,
+    /// Bytes uploaded (as stored: compressed).
+    pub bytes: u64,
+}
+
+/// Where an object's bytes come from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// The local store holds it as it is stored.
+    Local,
+    /// A file on this machine that a thunk names by hash.
+    File { path: PathBuf, hash: Hash, size: u64 },
+}
+
+/// Uploads everything the thunks below `roots` need to the remote store behind `store`. With
+/// `toolchains`, each toolchain's packed layer too (packed into the local store first if needed).
+pub async fn upload(
+    store: &Store,
+    workdir: &Workdir,
+    roots: &[Hash],
+    toolchains: bool,
+    jobs: usize,
+    progress: bool,
+) -> anyhow::Result<UploadReport> {
+    let Some((local, known)) = store.local_cache() else {
+        // A local store is the store: nothing to send.
+        return Ok(UploadReport::default());
+    };
+    let needed = graph_objects(store, local, roots).await?;
+    if toolchains {
+        for toolchain in needed.keys().filter_map(|key| match key {
+            ObjectKey::Toolchain(hash) => Some(*hash),
+            _ => None,
+        }) {
+            pack_toolchain(store, workdir, local, toolchain).await?;
+        }
+    }
+    let needed: Vec<(ObjectKey, Source)> =
+        needed.into_iter().filter(|(key, _)| toolchains || !matches!(key, ObjectKey::Toolchain(_))).collect();
+    let mut report = UploadReport { objects: needed.len(), ..UploadReport::default() };
+    let unknown: Vec<(ObjectKey, Source)> = needed.into_iter().filter(|(key, _)| !known.contains(*key)).collect();
+    report.known = report.objects - unknown.len();
+    if unknown.is_empty() {
+        return Ok(report);
+    }
+
+    let remote = Arc::clone(store.backend());
+    let bar = progress_bar(progress, &unknown, local);
+    let sent = Arc::new(AtomicU64::new(0));
+    let present = Arc::new(AtomicUsize::new(0));
+    let uploaded = Arc::new(AtomicUsize::new(0));
+    let limit = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let known = Arc::new(store.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (key, source) in unknown {
+        let (remote, local, limit, bar) = (Arc::clone(&remote), local.clone(), Arc::clone(&limit), bar.clone());
+        let (sent, present, uploaded, store) = (sent.clone(), present.clone(), uploaded.clone(), Arc::clone(&known));
+        tasks.spawn(async move {
+            // Bounds the bodies held in memory; the backend bounds the requests.
+            let _permit = limit.acquire_owned().await.expect("never closed");
+            let weight = estimated_size(&key, &source, &local);
+            if remote.has(key).await.with_context(|| format!("cannot check {key} in {}", remote.describe()))? {
+                present.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let stored = stored_bytes(key, &source, &local).await?;
+                let size = stored.len() as u64;
+                remote
+                    .put(key, stored)
+                    .await
+                    .with_context(|| format!("cannot upload {key} to {}", remote.describe()))?;
+                sent.fetch_add(size, Ordering::Relaxed);
+                uploaded.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some((_, known)) = store.local_cache() {
+                known.insert(key);
+            }
+            bar.inc(weight);
+            bar.set_message(format!("{} objects", uploaded.load(Ordering::Relaxed)));
+            anyhow::Ok(())
+        });
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined.context("an upload task panicked").and_then(|result| result) {
+            first_error.get_or_insert(error);
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    report.present = present.load(Ordering::Relaxed);
+    report.uploaded = uploaded.load(Ordering::Relaxed);
+    report.bytes = sent.load(Ordering::Relaxed);
+    Ok(report)
+}
+
+/// Every object the thunks below `roots` need, in a stable order, with where its bytes are.
+async fn graph_objects(
+    store: &Store,
+    local: &LocalBackend,
+    roots: &[Hash],
+) -> anyhow::Result<BTreeMap<ObjectKey, Source>> {
+    let mut objects = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let mut stack = roots.to_vec();
+    while let Some(hash) = stack.pop() {
+        if !seen.insert(hash) {
+            continue;
+        }
+        let thunk = store.get_thunk(hash).await?;
+        objects.insert(ObjectKey::Thunk(hash), Source::Local);
+        objects.insert(ObjectKey::Blob(thunk.toolchain), Source::Local);
+        objects.insert(ObjectKey::Toolchain(thunk.toolchain), Source::Local);
+        for (path, input) in &thunk.inputs {
+            match input {
+                Input::Blob { hash, size, .. } => {
+                    let key = ObjectKey::Blob(*hash);
+                    if objects.contains_key(&key) {
+                        continue;
+                    }
+                    let source = if local.has(key).await.unwrap_or(false) {
+                        Source::Local
+                    } else {
+                        Source::File { path: Path::new("/").join(path.as_str()), hash: *hash, size: *size }
+                    };
+                    objects.insert(key, source);
+                }
+                Input::Link { thunk, .. } => stack.push(*thunk),
+                Input::Symlink { .. } => {}
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// The bytes of an object as the store keeps them.
+async fn stored_bytes(key: ObjectKey, source: &Source, local: &LocalBackend) -> anyhow::Result<Vec<u8>> {
+    match source {
+        Source::Local => local
+            .get(key)
+            .await
+            .with_context(|| format!("cannot read {key} from the local store"))?
+            .with_context(|| format!("{key} is missing from the local store ({})", local.describe())),
+        Source::File { path, hash, size } => {
+            let (path, hash, size) = (path.clone(), *hash, *size);
+            tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                if bytes.len() as u64 != size || Hash::of(&bytes) != hash {
+                    bail!("{} changed after the build graph was made; run the build again", path.display());
+                }
+                zstd::bulk::compress(&bytes, ZSTD_LEVEL).context("cannot compress")
+            })
+            .await
+            .context("a compression task panicked")?
+        }
+    }
+}
+
+/// What an object weighs on the progress bar: its stored size where known, else its raw size.
+fn estimated_size(key: &ObjectKey, source: &Source, local: &LocalBackend) -> u64 {
+    match source {
+        Source::File { size, .. } => *size,
+        Source::Local => std::fs::metadata(local.path_of(*key)).map_or(0, |metadata| metadata.len()),
+    }
+}
+
+fn progress_bar(show: bool, objects: &[(ObjectKey, Source)], local: &LocalBackend) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let total = objects.iter().map(|(key, source)| estimated_size(key, source, local)).sum();
+    // indicatif draws nothing when stderr is not a terminal.
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("   Uploading [{bar:27}] {bytes}/{total_bytes} {msg} ({bytes_per_sec})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+/// Packs toolchain `hash` into the local store (`toolchains/<hash>.tar.zst`) unless it is there.
+async fn pack_toolchain(store: &Store, workdir: &Workdir, local: &LocalBackend, hash: Hash) -> anyhow::Result<()> {
+    let key = ObjectKey::Toolchain(hash);
+    if local.has(key).await.unwrap_or(false) {
+        return Ok(());
+    }
+    let manifest_bytes = store.get_blob(hash).await.context("cannot read the toolchain manifest")?;
+    let manifest = thunk::manifest::ToolchainManifest::decode(&manifest_bytes)
+        .with_context(|| format!("toolchain {hash}: cannot read its manifest"))?;
+    let tree = workdir.toolchain_dir(hash);
+    if !tree.is_dir() {
+        bail!("toolchain {hash} is not on this machine; name it first (`cargo lambdabuild toolchain`)");
+    }
+    let packed = tokio::task::spawn_blocking(move || {
+        let mut packed = Vec::new();
+        runtime_layer::layer::pack(&manifest, &tree, &mut packed, LAYER_LEVEL).map(|_| packed)
+    })
+    .await
+    .context("the packing task panicked")?
+    .with_context(|| format!("cannot pack toolchain {hash}"))?;
+    local.put(key, packed).await.with_context(|| format!("cannot keep the packed toolchain {hash}"))?;
+    Ok(())
+}
