@@ -6,7 +6,9 @@
 //!    way), each toolchain's manifest, and (when asked) each toolchain's packed layer.
 //! 2. Skip what the local list of known objects says the remote holds: an unchanged graph uploaded
 //!    from this machine before costs no request at all.
-//! 3. Check the rest with parallel HEAD requests, and PUT what is missing, in parallel. The S3 backend
+//! 3. Find which of the rest the store holds: by listing each kind of object when that takes fewer
+//!    requests than checking one by one (a fresh prefix is one request), else with parallel HEAD
+//!    requests; and PUT what is missing, in parallel. The S3 backend
 //!    bounds the requests in flight, writes content-addressed objects conditionally, goes multipart
 //!    for large bodies, and retries throttling and 5xx with backoff.
 
@@ -79,13 +81,17 @@ pub async fn upload(
     let needed: Vec<(ObjectKey, Source)> =
         needed.into_iter().filter(|(key, _)| toolchains || !matches!(key, ObjectKey::Toolchain(_))).collect();
     let mut report = UploadReport { objects: needed.len(), ..UploadReport::default() };
-    let unknown: Vec<(ObjectKey, Source)> = needed.into_iter().filter(|(key, _)| !known.contains(*key)).collect();
+    let mut unknown: Vec<(ObjectKey, Source)> = needed.into_iter().filter(|(key, _)| !known.contains(*key)).collect();
+    // Largest first: the toolchain layer's parts then overlap with the many small objects instead of
+    // starting when they are done.
+    unknown.sort_by_cached_key(|(key, source)| std::cmp::Reverse(estimated_size(key, source, local)));
     report.known = report.objects - unknown.len();
     if unknown.is_empty() {
         return Ok(report);
     }
 
     let remote = Arc::clone(store.backend());
+    let listed = Arc::new(list_present(remote.as_ref(), &unknown).await?);
     let bar = progress_bar(progress, &unknown, local);
     let sent = Arc::new(AtomicU64::new(0));
     let present = Arc::new(AtomicUsize::new(0));
@@ -96,11 +102,18 @@ pub async fn upload(
     for (key, source) in unknown {
         let (remote, local, limit, bar) = (Arc::clone(&remote), local.clone(), Arc::clone(&limit), bar.clone());
         let (sent, present, uploaded, store) = (sent.clone(), present.clone(), uploaded.clone(), Arc::clone(&known));
+        let listed = Arc::clone(&listed);
         tasks.spawn(async move {
             // Bounds the bodies held in memory; the backend bounds the requests.
             let _permit = limit.acquire_owned().await.expect("never closed");
             let weight = estimated_size(&key, &source, &local);
-            if remote.has(key).await.with_context(|| format!("cannot check {key} in {}", remote.describe()))? {
+            let there = match listed.answer(key) {
+                Some(there) => there,
+                None => {
+                    remote.has(key).await.with_context(|| format!("cannot check {key} in {}", remote.describe()))?
+                }
+            };
+            if there {
                 present.fetch_add(1, Ordering::Relaxed);
             } else {
                 let stored = stored_bytes(key, &source, &local).await?;
@@ -134,6 +147,50 @@ pub async fn upload(
     report.uploaded = uploaded.load(Ordering::Relaxed);
     report.bytes = sent.load(Ordering::Relaxed);
     Ok(report)
+}
+
+/// What listing the store said about the objects to upload.
+#[derive(Debug, Default)]
+struct Listed {
+    /// Keys the listing showed.
+    present: HashSet<ObjectKey>,
+    /// Kinds listed to the end: a key of these kinds that was not shown is absent.
+    complete: HashSet<&'static str>,
+}
+
+impl Listed {
+    /// Whether the store holds `key`, if the listing knows.
+    fn answer(&self, key: ObjectKey) -> Option<bool> {
+        if self.present.contains(&key) { Some(true) } else { self.complete.contains(key.kind()).then_some(false) }
+    }
+}
+
+/// Lists each kind of object among `objects` while that is cheaper than a HEAD per object: a page
+/// answers for up to 1,000 keys and costs about what a few HEADs cost, so each kind gets a budget of
+/// 1 + (its objects / 100) pages. A fresh or small prefix is listed whole in a request or two; a large
+/// shared one stops at the budget, and what it did not show is checked with HEAD.
+async fn list_present(remote: &dyn Backend, objects: &[(ObjectKey, Source)]) -> anyhow::Result<Listed> {
+    let mut per_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for (key, _) in objects {
+        *per_kind.entry(key.kind()).or_default() += 1;
+    }
+    let mut listed = Listed::default();
+    for (kind, count) in per_kind {
+        let mut from = None;
+        for _ in 0..1 + count / 100 {
+            let page = remote
+                .list(kind, from)
+                .await
+                .with_context(|| format!("cannot list {kind} in {}", remote.describe()))?;
+            listed.present.extend(page.keys);
+            from = page.next;
+            if from.is_none() {
+                listed.complete.insert(kind);
+                break;
+            }
+        }
+    }
+    Ok(listed)
 }
 
 /// Every object the thunks below `roots` need, in a stable order, with where its bytes are.

@@ -18,7 +18,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use thunk::ObjectKey;
-use thunk::store::Backend;
+use thunk::store::{Backend, ListPage};
 use tokio::sync::Semaphore;
 
 use crate::OpenError;
@@ -297,6 +297,32 @@ impl Backend for S3Backend {
             Err(error) if is_status(&error, 404) => Ok(false),
             Err(error) => Err(self.error(&error)),
         }
+    }
+
+    async fn list(&self, kind: &str, from: Option<String>) -> io::Result<ListPage> {
+        let prefix = if self.location.prefix.is_empty() {
+            format!("{kind}/")
+        } else {
+            format!("{}/{kind}/", self.location.prefix)
+        };
+        let _permit = self.permit().await;
+        let output = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.location.bucket)
+            .prefix(&prefix)
+            .set_continuation_token(from)
+            .send()
+            .await
+            .map_err(|error| self.error(&error))?;
+        let under = |key: &str| key.strip_prefix(&prefix).map(|name| format!("{kind}/{name}"));
+        let keys = output.contents().iter().filter_map(|object| ObjectKey::parse(&under(object.key()?)?)).collect();
+        let next = output
+            .is_truncated()
+            .unwrap_or(false)
+            .then(|| output.next_continuation_token().map(str::to_owned))
+            .flatten();
+        Ok(ListPage { keys, next })
     }
 
     fn describe(&self) -> String {

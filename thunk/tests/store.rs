@@ -137,3 +137,31 @@ async fn a_stored_thunk_with_an_escaping_path_is_refused_on_read() {
         assert!(err.to_string().contains(message), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_listing_shows_every_object_of_a_kind_and_nothing_else() {
+    let fixture = Fixture::new();
+    let first = fixture.store.put_blob(b"first").await.unwrap();
+    let second = fixture.store.put_blob(b"second").await.unwrap();
+    // A write in progress is a temporary file beside the objects: not an object.
+    fs::write(fixture.store_root().join("blobs/.tmp-in-progress"), b"partial").unwrap();
+    let backend = LocalBackend::open(&fixture.store_root()).unwrap();
+    let page = thunk::store::Backend::list(&backend, "blobs", None).await.unwrap();
+    let mut expected = vec![ObjectKey::Blob(first), ObjectKey::Blob(second)];
+    expected.sort();
+    assert_eq!(page.keys, expected);
+    assert!(page.next.is_none());
+    assert!(thunk::store::Backend::list(&backend, "thunks", None).await.unwrap().keys.is_empty());
+}
+
+#[test]
+fn object_keys_parse_back_from_their_paths() {
+    let hash = Hash::of(b"x");
+    for key in [ObjectKey::Blob(hash), ObjectKey::Thunk(hash), ObjectKey::Reduction(hash), ObjectKey::Toolchain(hash)] {
+        assert_eq!(ObjectKey::parse(&key.path()), Some(key));
+        assert!(key.path().starts_with(key.kind()));
+    }
+    for bad in ["blobs/xyz", "toolchains/{hash}", "other/abc", "blobs", ""] {
+        assert_eq!(ObjectKey::parse(bad), None, "{bad}");
+    }
+}

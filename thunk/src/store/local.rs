@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::{Backend, ObjectKey};
+use super::{Backend, ListPage, ObjectKey};
 
 /// A store directory with `blobs/ thunks/ reductions/ toolchains/`.
 #[derive(Debug, Clone)]
@@ -65,6 +65,25 @@ impl Backend for LocalBackend {
     async fn has(&self, key: ObjectKey) -> io::Result<bool> {
         let path = self.path_of(key);
         tokio::task::spawn_blocking(move || path.try_exists()).await?
+    }
+
+    async fn list(&self, kind: &str, _from: Option<String>) -> io::Result<ListPage> {
+        let dir = self.root.join(kind);
+        let kind = kind.to_owned();
+        // One page: a directory listing is one system call away whatever its size.
+        tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            for entry in fs::read_dir(&dir)? {
+                let name = entry?.file_name();
+                // Temporary files of writes in progress are not objects.
+                if let Some(key) = name.to_str().and_then(|name| ObjectKey::parse(&format!("{kind}/{name}"))) {
+                    keys.push(key);
+                }
+            }
+            keys.sort();
+            Ok(ListPage { keys, next: None })
+        })
+        .await?
     }
 
     fn describe(&self) -> String {

@@ -55,6 +55,38 @@ impl ObjectKey {
             ObjectKey::Toolchain(hash) => format!("toolchains/{hash}.tar.zst"),
         }
     }
+
+    /// The directory of its kind: `blobs`, `thunks`, `reductions` or `toolchains`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ObjectKey::Blob(_) => "blobs",
+            ObjectKey::Thunk(_) => "thunks",
+            ObjectKey::Reduction(_) => "reductions",
+            ObjectKey::Toolchain(_) => "toolchains",
+        }
+    }
+
+    /// The key whose [`ObjectKey::path`] is `path`; `None` for anything else.
+    pub fn parse(path: &str) -> Option<ObjectKey> {
+        let (kind, name) = path.split_once('/')?;
+        let hash = |text: &str| text.parse::<Hash>().ok();
+        match kind {
+            "blobs" => hash(name).map(ObjectKey::Blob),
+            "thunks" => hash(name).map(ObjectKey::Thunk),
+            "reductions" => hash(name).map(ObjectKey::Reduction),
+            "toolchains" => hash(name.strip_suffix(".tar.zst")?).map(ObjectKey::Toolchain),
+            _ => None,
+        }
+    }
+}
+
+/// One page of a listing: keys in order, and where the next page starts (none after the last).
+#[derive(Debug, Default)]
+pub struct ListPage {
+    /// The keys of this page.
+    pub keys: Vec<ObjectKey>,
+    /// Pass this to get the next page; `None` on the last one.
+    pub next: Option<String>,
 }
 
 impl fmt::Display for ObjectKey {
@@ -111,7 +143,7 @@ pub enum StoreError {
     },
 }
 
-/// Moves opaque bytes under keys. Three methods, one implementation per file.
+/// Moves opaque bytes under keys. Four methods, one implementation per file.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The bytes under `key`, or `None` when there is no such object.
@@ -120,6 +152,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     async fn put(&self, key: ObjectKey, bytes: Vec<u8>) -> std::io::Result<()>;
     /// Whether an object is under `key`.
     async fn has(&self, key: ObjectKey) -> std::io::Result<bool>;
+    /// One page of the objects of a kind (`blobs`, `thunks`, …; see [`ObjectKey::kind`]), starting at
+    /// `from` (the `next` of the previous page). One request answers for many keys: the uploader lists
+    /// instead of checking objects one by one when that is cheaper.
+    async fn list(&self, kind: &str, from: Option<String>) -> std::io::Result<ListPage>;
     /// How the user named this store (a directory, `s3://…`), for messages.
     fn describe(&self) -> String;
 }
