@@ -81,6 +81,9 @@ struct Inner {
     workdir: Workdir,
     /// Handed out by the critical path above each thunk, when known.
     slots: crate::slots::Slots,
+    /// The jobserver rustc takes its extra threads from, and whether the implicit token is free.
+    jobserver: Option<jobserver::Client>,
+    implicit_token: std::sync::atomic::AtomicBool,
     /// What [`Forcer::prioritize`] read of each thunk, kept for its next call.
     shapes: Mutex<HashMap<Hash, Arc<Shape>>>,
     cells: Mutex<HashMap<Hash, Arc<OnceCell<Outcome>>>>,
@@ -91,9 +94,10 @@ struct Inner {
 impl Forcer {
     /// A forcer running at most `slots` thunks at a time on this machine.
     pub fn new(store: Store, workdir: Workdir, slots: usize) -> Forcer {
-        // The slots bound the rustc processes; the jobserver bounds their extra codegen threads: N - 1
-        // tokens, so a thunk running alone (the tail of a build) uses every core, and N running thunks
-        // add at most N - 1 threads. The forcer never waits on it.
+        // As cargo does: N - 1 tokens plus the implicit one this process holds. Every running thunk but
+        // the one on the implicit token holds a token, and rustc takes extra codegen threads from the
+        // tokens left, so a thunk running alone (the tail of a build) uses every core and N running
+        // thunks use N threads.
         let jobserver = jobserver::Client::new(slots.max(1) - 1).ok();
         let mut executor = Executor::new(store.clone(), workdir.clone(), "local");
         if let Some(client) = &jobserver {
@@ -105,6 +109,8 @@ impl Forcer {
                 executor,
                 workdir,
                 slots: crate::slots::Slots::new(slots),
+                jobserver,
+                implicit_token: std::sync::atomic::AtomicBool::new(true),
                 shapes: Mutex::new(HashMap::new()),
                 cells: Mutex::new(HashMap::new()),
                 early: Mutex::new(HashMap::new()),
@@ -239,6 +245,7 @@ impl Forcer {
         if let Some(reduction) = store.get_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
             return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
         }
+        let _token = self.acquire_token().await;
         let early = self.early_sender(hash);
         let announce: EarlyOutput = Arc::new(move |output, file| {
             early.send_modify(|ready| {
@@ -252,6 +259,18 @@ impl Forcer {
             .await
             .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared })
+    }
+
+    /// The implicit token if it is free, else a token of the jobserver (waiting for one: a rustc's
+    /// extra thread gives it back when it ends).
+    async fn acquire_token(&self) -> Option<Token> {
+        use std::sync::atomic::Ordering;
+        if self.inner.implicit_token.swap(false, Ordering::SeqCst) {
+            return Some(Token::Implicit(Arc::clone(&self.inner)));
+        }
+        let client = self.inner.jobserver.clone()?;
+        let acquired = tokio::task::spawn_blocking(move || client.acquire()).await.ok()?.ok()?;
+        Some(Token::Acquired { _token: acquired })
     }
 
     /// The channel on which `thunk`'s outputs are announced before it finishes.
@@ -305,6 +324,25 @@ impl Forcer {
             .await
             .map_err(|e| ExecError::Sandbox { context: "waiting for a lock".into(), source: std::io::Error::other(e) })?
             .map_err(|source| ExecError::Sandbox { context: "cannot lock a thunk".into(), source })
+    }
+}
+
+/// A jobserver token held while a thunk runs.
+enum Token {
+    /// The token this process holds by existing; given back by marking it free.
+    Implicit(Arc<Inner>),
+    /// A token from the jobserver's pipe; given back when dropped.
+    Acquired {
+        /// Held, never read.
+        _token: jobserver::Acquired,
+    },
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if let Token::Implicit(inner) = self {
+            inner.implicit_token.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
