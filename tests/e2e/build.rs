@@ -122,3 +122,30 @@ fn warnings_are_shown_as_cargo_shows_them() {
     assert!(build.stderr.contains("--> src/main.rs:2:9"), "rustc's rendering, with the real path: {}", build.stderr);
     assert!(build.stderr.contains("warning: `hello` generated 1 warning"), "{}", build.stderr);
 }
+
+#[test]
+fn a_damaged_output_blob_is_refused_and_deleting_it_rebuilds_it() {
+    let project = Project::fixture("hello");
+    let first = project.lambdabuild(&[]).success();
+    let built = first.artifact_hashes();
+    // The largest blob is the binary.
+    let blobs = project.store().join("blobs");
+    let largest = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .max_by_key(|path| fs::metadata(path).unwrap().len())
+        .unwrap();
+    fs::write(&largest, zstd::bulk::compress(b"not the binary", 1).unwrap()).unwrap();
+    fs::remove_dir_all(project.root.join("target")).unwrap();
+
+    let refused = project.lambdabuild(&[]);
+    assert_ne!(refused.code, Some(0), "{}", refused.stderr);
+    assert!(refused.stderr.contains("is corrupt") && refused.stderr.contains("delete it"), "{}", refused.stderr);
+
+    // As the message says: delete it and run again.
+    fs::remove_file(&largest).unwrap();
+    let rebuilt = project.lambdabuild(&[]).success();
+    assert!(rebuilt.count("executed") >= 1, "{}", rebuilt.summary);
+    assert_eq!(rebuilt.artifact_hashes(), built);
+    assert!(largest.exists(), "the blob is stored again");
+}

@@ -236,13 +236,13 @@ impl Forcer {
         if let Some(error) = first_error {
             return Err(error);
         }
-        if let Some(reduction) = store.get_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
+        if let Some(reduction) = self.usable_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
             return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
         }
         let _slot = self.inner.slots.acquire(hash).await;
         let _lock = self.lock(hash).await.map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
         // Another process may have run it while this one waited for the lock.
-        if let Some(reduction) = store.get_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
+        if let Some(reduction) = self.usable_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
             return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
         }
         let _token = self.acquire_token().await;
@@ -259,6 +259,21 @@ impl Forcer {
             .await
             .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared })
+    }
+
+    /// The stored reduction of `hash`, if there is one whose output blobs the store still has. A
+    /// reduction whose outputs were deleted (a damaged blob removed, as its error message advises) is
+    /// not used: the thunk runs again and stores them again.
+    async fn usable_reduction(&self, hash: Hash) -> Result<Option<Reduction>, StoreError> {
+        let Some(reduction) = self.inner.store.get_reduction(hash).await? else {
+            return Ok(None);
+        };
+        for file in reduction.outputs.values() {
+            if !self.inner.store.has(crate::store::ObjectKey::Blob(file.hash)).await? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(reduction))
     }
 
     /// The implicit token if it is free, else a token of the jobserver (waiting for one: a rustc's
