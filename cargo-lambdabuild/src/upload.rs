@@ -81,10 +81,18 @@ pub async fn upload(
     let needed: Vec<(ObjectKey, Source)> =
         needed.into_iter().filter(|(key, _)| toolchains || !matches!(key, ObjectKey::Toolchain(_))).collect();
     let mut report = UploadReport { objects: needed.len(), ..UploadReport::default() };
-    let mut unknown: Vec<(ObjectKey, Source)> = needed.into_iter().filter(|(key, _)| !known.contains(*key)).collect();
+    // Each with its size, measured once: for the order and the progress bar.
+    let mut unknown: Vec<(ObjectKey, Source, u64)> = needed
+        .into_iter()
+        .filter(|(key, _)| !known.contains(*key))
+        .map(|(key, source)| {
+            let size = estimated_size(&key, &source, local);
+            (key, source, size)
+        })
+        .collect();
     // Largest first: the toolchain layer's parts then overlap with the many small objects instead of
     // starting when they are done.
-    unknown.sort_by_cached_key(|(key, source)| std::cmp::Reverse(estimated_size(key, source, local)));
+    unknown.sort_by_key(|(_, _, size)| std::cmp::Reverse(*size));
     report.known = report.objects - unknown.len();
     if unknown.is_empty() {
         return Ok(report);
@@ -92,21 +100,20 @@ pub async fn upload(
 
     let remote = Arc::clone(store.backend());
     let listed = Arc::new(list_present(remote.as_ref(), &unknown).await?);
-    let bar = progress_bar(progress, &unknown, local);
+    let bar = progress_bar(progress, unknown.iter().map(|(_, _, size)| size).sum());
     let sent = Arc::new(AtomicU64::new(0));
     let present = Arc::new(AtomicUsize::new(0));
     let uploaded = Arc::new(AtomicUsize::new(0));
     let limit = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
-    let known = Arc::new(store.clone());
+    let shared = Arc::new(store.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    for (key, source) in unknown {
+    for (key, source, weight) in unknown {
         let (remote, local, limit, bar) = (Arc::clone(&remote), local.clone(), Arc::clone(&limit), bar.clone());
-        let (sent, present, uploaded, store) = (sent.clone(), present.clone(), uploaded.clone(), Arc::clone(&known));
+        let (sent, present, uploaded, store) = (sent.clone(), present.clone(), uploaded.clone(), Arc::clone(&shared));
         let listed = Arc::clone(&listed);
         tasks.spawn(async move {
             // Bounds the bodies held in memory; the backend bounds the requests.
             let _permit = limit.acquire_owned().await.expect("never closed");
-            let weight = estimated_size(&key, &source, &local);
             let there = match listed.answer(key) {
                 Some(there) => there,
                 None => {
@@ -169,9 +176,9 @@ impl Listed {
 /// answers for up to 1,000 keys and costs about what a few HEADs cost, so each kind gets a budget of
 /// 1 + (its objects / 100) pages. A fresh or small prefix is listed whole in a request or two; a large
 /// shared one stops at the budget, and what it did not show is checked with HEAD.
-async fn list_present(remote: &dyn Backend, objects: &[(ObjectKey, Source)]) -> anyhow::Result<Listed> {
+async fn list_present(remote: &dyn Backend, objects: &[(ObjectKey, Source, u64)]) -> anyhow::Result<Listed> {
     let mut per_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for (key, _) in objects {
+    for (key, _, _) in objects {
         *per_kind.entry(key.kind()).or_default() += 1;
     }
     let mut listed = Listed::default();
@@ -263,11 +270,10 @@ fn estimated_size(key: &ObjectKey, source: &Source, local: &LocalBackend) -> u64
     }
 }
 
-fn progress_bar(show: bool, objects: &[(ObjectKey, Source)], local: &LocalBackend) -> ProgressBar {
+fn progress_bar(show: bool, total: u64) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
-    let total = objects.iter().map(|(key, source)| estimated_size(key, source, local)).sum();
     // indicatif draws nothing when stderr is not a terminal.
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template("   Uploading [{bar:27}] {bytes}/{total_bytes} {msg} ({bytes_per_sec})")

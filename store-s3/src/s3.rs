@@ -53,7 +53,12 @@ impl S3Location {
 
     /// The S3 key of a store object: always under the prefix.
     pub fn key_of(&self, key: ObjectKey) -> String {
-        if self.prefix.is_empty() { key.path() } else { format!("{}/{}", self.prefix, key.path()) }
+        self.under_prefix(&key.path())
+    }
+
+    /// `path` under the prefix.
+    fn under_prefix(&self, path: &str) -> String {
+        if self.prefix.is_empty() { path.to_owned() } else { format!("{}/{path}", self.prefix) }
     }
 }
 
@@ -300,11 +305,7 @@ impl Backend for S3Backend {
     }
 
     async fn list(&self, kind: &str, from: Option<String>) -> io::Result<ListPage> {
-        let prefix = if self.location.prefix.is_empty() {
-            format!("{kind}/")
-        } else {
-            format!("{}/{kind}/", self.location.prefix)
-        };
+        let prefix = self.location.under_prefix(&format!("{kind}/"));
         let _permit = self.permit().await;
         let output = self
             .client

@@ -259,30 +259,27 @@ fn a_missing_bucket_or_refused_credentials_give_one_clear_line() {
     let project = Project::fixture("hello");
     let bucket = Bucket::new();
 
-    let mut env = bucket.env("laptop");
-    set(&mut env, "LAMBDABUILD_STORE", "s3://no-such-bucket-here/cache");
-    let output = run_with(&project, &env);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(101));
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let stderr = one_error_line(&project, &bucket, "LAMBDABUILD_STORE", "s3://no-such-bucket-here/cache");
     assert!(stderr.contains("s3://no-such-bucket-here/cache") && stderr.contains("does not exist"), "{stderr}");
 
-    let mut env = bucket.env("laptop");
-    set(&mut env, "AWS_SECRET_ACCESS_KEY", "not-the-secret-at-all");
-    let output = run_with(&project, &env);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(101));
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let stderr = one_error_line(&project, &bucket, "AWS_SECRET_ACCESS_KEY", "not-the-secret-at-all");
     assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
     assert!(!stderr.contains("not-the-secret-at-all") && !stderr.contains(&bucket.server.secret_key), "{stderr}");
 
-    let mut env = bucket.env("laptop");
-    set(&mut env, "AWS_ENDPOINT_URL", &closed_port_url());
-    let output = run_with(&project, &env);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(101));
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let stderr = one_error_line(&project, &bucket, "AWS_ENDPOINT_URL", &closed_port_url());
     assert!(stderr.contains("cannot reach"), "{stderr}");
+}
+
+/// Builds with one variable of the bucket's environment changed; the build must fail with exactly one
+/// line on stderr, which is returned.
+fn one_error_line(project: &Project, bucket: &Bucket, name: &str, value: &str) -> String {
+    let mut env = bucket.env("laptop");
+    set(&mut env, name, value);
+    let output = run_with(project, &env);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(101), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    stderr
 }
 
 fn set(env: &mut Vec<(String, String)>, name: &str, value: &str) {

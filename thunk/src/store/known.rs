@@ -42,7 +42,7 @@ impl KnownObjects {
     fn load(&self) -> HashSet<String> {
         // A torn last line (a crash mid-append) is just not a key.
         fs::read_to_string(&self.path)
-            .map(|text| text.lines().filter(|line| is_key(line)).map(str::to_owned).collect())
+            .map(|text| text.lines().filter(|line| ObjectKey::parse(line).is_some()).map(str::to_owned).collect())
             .unwrap_or_default()
     }
 
@@ -54,14 +54,6 @@ impl KnownObjects {
         let mut file = fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         file.write_all(format!("{key}\n").as_bytes())
     }
-}
-
-fn is_key(line: &str) -> bool {
-    let Some((kind, name)) = line.split_once('/') else { return false };
-    let hex = name.strip_suffix(".tar.zst").unwrap_or(name);
-    matches!(kind, "blobs" | "thunks" | "reductions" | "toolchains")
-        && hex.len() == 64
-        && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
