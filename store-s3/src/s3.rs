@@ -91,7 +91,12 @@ impl Default for S3Options {
     fn default() -> S3Options {
         S3Options {
             concurrency: 32,
-            multipart_threshold: 16 << 20,
+            // rclone's cutoff. Below it one PUT is the cheaper request: multipart costs two more
+            // requests, and S3-compatible servers that keep objects as files (s3s-fs, MinIO on a plain
+            // filesystem) assemble the parts by copying them once more. Measured on s3s-fs with the
+            // 170 MB toolchain layer: one PUT uploads ripgrep's graph 1.6 times as fast as 8 MiB parts.
+            // Above it, parts in parallel beat one stream, and a dropped connection costs a part.
+            multipart_threshold: 200 << 20,
             part_size: 8 << 20,
             // Enough to ride out throttling; few enough that a dead endpoint is reported in seconds.
             max_attempts: 5,
@@ -188,7 +193,7 @@ impl S3Backend {
         }
     }
 
-    async fn put_multipart(&self, key: &str, body: Bytes) -> io::Result<()> {
+    async fn put_multipart(&self, key: &str, body: Bytes, if_absent: bool) -> io::Result<()> {
         let created = {
             let _permit = self.permit().await;
             self.client
@@ -205,16 +210,21 @@ impl S3Backend {
             Ok(parts) => {
                 let _permit = self.permit().await;
                 let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-                self.client
+                let mut request = self
+                    .client
                     .complete_multipart_upload()
                     .bucket(&self.location.bucket)
                     .key(key)
                     .upload_id(upload_id)
-                    .multipart_upload(completed)
-                    .send()
-                    .await
-                    .map_err(|error| self.error(&error))?;
-                Ok(())
+                    .multipart_upload(completed);
+                if if_absent {
+                    request = request.if_none_match("*");
+                }
+                match request.send().await {
+                    Ok(_) => Ok(()),
+                    Err(error) if if_absent && is_status(&error, 412) => Ok(()),
+                    Err(error) => Err(self.error(&error)),
+                }
             }
             Err(error) => {
                 // Parts of an abandoned upload cost storage until aborted.
@@ -288,7 +298,7 @@ impl Backend for S3Backend {
         let key = self.location.key_of(key);
         let body = Bytes::from(bytes);
         if body.len() > self.options.multipart_threshold {
-            self.put_multipart(&key, body).await
+            self.put_multipart(&key, body, if_absent).await
         } else {
             self.put_single(&key, body, if_absent).await
         }

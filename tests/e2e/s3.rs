@@ -45,10 +45,11 @@ impl Bucket {
     }
 
     /// A store over this bucket with the local cache `cache`, as the binaries open it.
+    /// Multipart starts at 16 MiB here, so a test object of 20 MiB takes that path.
     async fn store(&self, cache: &str) -> Store {
         let backend = S3Backend::with_config(
             self.location.clone(),
-            S3Options::default(),
+            S3Options { multipart_threshold: 16 << 20, ..S3Options::default() },
             &self.server.sdk_config(&self.proxy.url),
         );
         let local = LocalBackend::open(&self.cache(cache)).unwrap();
@@ -112,6 +113,11 @@ fn small_and_multipart_objects_round_trip_and_stay_under_the_prefix() {
         // POSTs, and the body goes up in three 8 MiB parts.
         assert_eq!(bucket.proxy.count("POST"), 2, "{:?}", bucket.proxy.counts());
         assert!(bucket.proxy.count("PUT") >= 4, "{:?}", bucket.proxy.counts());
+        // A second writer of the same content-addressed object (a race the store's checks cannot
+        // see) completes its upload conditionally: the server's 412 is success, the object unchanged.
+        let stored = std::fs::read(bucket.object_file(ObjectKey::Blob(large_hash))).unwrap();
+        writer.backend().put(ObjectKey::Blob(large_hash), stored.clone()).await.unwrap();
+        assert_eq!(std::fs::read(bucket.object_file(ObjectKey::Blob(large_hash))).unwrap(), stored);
 
         let reader = bucket.store("reader").await;
         assert_eq!(reader.get_blob(small_hash).await.unwrap(), small);
