@@ -4,7 +4,7 @@
 //!
 //! The sandbox root mirrors the filesystem root: the real path `/home/me/app/src/main.rs` is the
 //! sandbox path `home/me/app/src/main.rs`. Run in place (the local engine), `@SANDBOX@` is empty and
-//! rustc sees exactly what cargo gave it; run in a sandbox, `--remap-path-prefix=@SANDBOX@=` maps the
+//! rustc sees exactly what cargo gave it; run in a sandbox, `--remap-path-prefix=@SANDBOX@=/` maps the
 //! paths rustc records back to the real ones.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use thunk::exec::MIRROR_REMAP;
 use thunk::hashcache::HashCache;
 use thunk::placeholder::Placeholder;
-use thunk::thunk::{MemoryClass, ProgramPath, SANDBOX_TOKEN};
+use thunk::thunk::{MemoryClass, Placement, ProgramPath, SANDBOX_TOKEN};
 use thunk::workdir::Workdir;
 use thunk::{Hash, Input, SandboxPath, Store, StoreError, Thunk};
 
@@ -354,6 +354,13 @@ pub async fn model(call: &Call, context: &Context<'_>) -> Result<Modelled, Model
         }
     }
     env.insert("PATH".into(), LINKER_PATH.into());
+    // A real path compiled in as a value (`env!("CARGO_MANIFEST_DIR")`) would be the sandbox's path
+    // anywhere but in place.
+    let placement = if found.env_values.iter().any(|name| env.get(name).is_some_and(|v| v.contains(SANDBOX_TOKEN))) {
+        Placement::RealPaths
+    } else {
+        Placement::Anywhere
+    };
 
     // 5. Arguments, outputs, working directory.
     let mut args: Vec<String> = call.args.iter().map(|arg| sandbox_arg(arg)).collect();
@@ -374,6 +381,7 @@ pub async fn model(call: &Call, context: &Context<'_>) -> Result<Modelled, Model
         outputs: outputs.iter().map(|(_, sandbox, _)| sandbox.clone()).collect(),
         timeout_ms: TIMEOUT_MS,
         memory: MemoryClass::Standard,
+        placement,
     };
     thunk.validate().map_err(|_| ModelError::PassThrough("inputs and outputs that overlap"))?;
     let hash = context.store.put_thunk(&thunk).await?;

@@ -13,6 +13,9 @@ pub struct Found {
     pub files: BTreeSet<PathBuf>,
     /// Environment variable names.
     pub env: BTreeSet<String>,
+    /// The names among them whose value may end up in the output: every `env!`/`option_env!` except
+    /// one that only builds an include path (`include!(concat!(env!("OUT_DIR"), "/gen.rs"))`).
+    pub env_values: BTreeSet<String>,
 }
 
 /// Scans the text of the source file at `path`.
@@ -30,7 +33,26 @@ pub fn scan(path: &Path, text: &str, found: &mut Found) {
         for literal in literals_after(text, macro_name) {
             found.env.insert(literal.to_owned());
         }
+        let mut rest = text;
+        while let Some(index) = rest.find(macro_name) {
+            let before = &rest[..index];
+            rest = &rest[index + macro_name.len()..];
+            let Some(literal) = leading_literal(rest) else { continue };
+            if !builds_include_path(before) {
+                found.env_values.insert(literal.to_owned());
+            }
+        }
     }
+}
+
+/// Whether the text before an `env!(` ends with an include macro applied to `concat!(`, the only
+/// place where the variable's value is a path rustc reads rather than a value it compiles in.
+fn builds_include_path(before: &str) -> bool {
+    let squeezed: String = before.chars().rev().filter(|c| !c.is_whitespace()).take(40).collect();
+    let squeezed: String = squeezed.chars().rev().collect();
+    ["include!(concat!(", "include_str!(concat!(", "include_bytes!(concat!("]
+        .iter()
+        .any(|prefix| squeezed.ends_with(prefix))
 }
 
 /// The string literals right after each `marker` (skipping spaces); anything else after a marker, such
@@ -40,17 +62,16 @@ fn literals_after<'t>(text: &'t str, marker: &str) -> Vec<&'t str> {
     let mut rest = text;
     while let Some(index) = rest.find(marker) {
         rest = &rest[index + marker.len()..];
-        let trimmed = rest.trim_start();
-        if let Some(body) = trimmed.strip_prefix('"')
-            && let Some(end) = body.find('"')
-        {
-            let literal = &body[..end];
-            if !literal.contains('\\') && !literal.is_empty() {
-                literals.push(literal);
-            }
-        }
+        literals.extend(leading_literal(rest));
     }
     literals
+}
+
+/// The plain string literal `text` starts with (after spaces), if any.
+fn leading_literal(text: &str) -> Option<&str> {
+    let body = text.trim_start().strip_prefix('"')?;
+    let literal = &body[..body.find('"')?];
+    (!literal.contains('\\') && !literal.is_empty()).then_some(literal)
 }
 
 #[cfg(test)]
@@ -70,6 +91,19 @@ mod tests {
         scan(Path::new("/w/app/src/lib.rs"), text, &mut found);
         let files: Vec<_> = found.files.iter().map(|p| p.display().to_string()).collect();
         assert_eq!(files, ["/w/app/src/../README.md", "/w/app/src/data/blob.bin", "/w/app/src/platform/linux.rs"]);
-        assert_eq!(found.env.into_iter().collect::<Vec<_>>(), ["GIT_HASH", "OUT_DIR"]);
+        assert_eq!(found.env.iter().collect::<Vec<_>>(), ["GIT_HASH", "OUT_DIR"]);
+        assert_eq!(found.env_values.iter().collect::<Vec<_>>(), ["GIT_HASH"], "OUT_DIR only names a file");
+    }
+
+    #[test]
+    fn a_path_compiled_in_is_a_value_read() {
+        let mut found = Found::default();
+        let text = r#"
+            pub const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+            static TABLE: &str = include_str!(concat!( env!("OUT_DIR"), "/table.txt"));
+            const OUT: &str = concat!(env!("OUT_DIR"), "/x");
+        "#;
+        scan(Path::new("/w/app/src/lib.rs"), text, &mut found);
+        assert_eq!(found.env_values.iter().collect::<Vec<_>>(), ["CARGO_MANIFEST_DIR", "OUT_DIR"]);
     }
 }

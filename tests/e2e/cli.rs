@@ -71,6 +71,7 @@ async fn describe_shows_thunks_placeholders_and_reductions() {
         outputs: BTreeSet::from([path("out/result.txt")]),
         timeout_ms: 5000,
         memory: MemoryClass::Standard,
+        placement: thunk::thunk::Placement::Anywhere,
     };
     let hash = store.put_thunk(&thunk).await.unwrap();
 
@@ -141,6 +142,6 @@ fn describe_explains_what_it_cannot_find() {
     assert_eq!(
         run.stderr,
         "error: cannot describe [ROOT]/thunk.json: thunk has format version 9, but this cargo-lambdabuild \
-         reads version 2; use the same cargo-lambdabuild version that wrote it, or rebuild to write it anew\n"
+         reads version 3; use the same cargo-lambdabuild version that wrote it, or rebuild to write it anew\n"
     );
 }

@@ -11,7 +11,7 @@ use crate::path::{SandboxPath, resolve_symlink};
 
 /// The revision of the canonical thunk form. Every change to [`Thunk::canonical_bytes`] bumps it, which
 /// renames every thunk (old cache entries are simply never hit again).
-pub const THUNK_VERSION: u32 = 2;
+pub const THUNK_VERSION: u32 = 3;
 
 /// Stands for the absolute path of the sandbox root in `args` and `env` values; the executor expands it.
 /// Used where a tool insists on an absolute path (`CARGO_MANIFEST_DIR`, `OUT_DIR`, remap prefixes).
@@ -43,6 +43,23 @@ pub struct Thunk {
     pub timeout_ms: u64,
     /// How much memory the run needs, so an engine can pick a worker size.
     pub memory: MemoryClass,
+    /// Where it may run: anywhere, or only where its paths are the real ones.
+    pub placement: Placement,
+}
+
+/// Where a thunk may run.
+///
+/// In a sandbox, `--remap-path-prefix` maps the paths rustc records (debug info, `file!()`, panics)
+/// back to the real ones, but nothing maps a path the crate compiles in as a value:
+/// `env!("CARGO_MANIFEST_DIR")` would hold the sandbox's directory. Such a thunk runs only in place,
+/// on the machine whose paths it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Any engine: its outputs do not depend on where the sandbox is.
+    Anywhere,
+    /// Only in place (the local engine): the crate compiles in an absolute path from the environment.
+    RealPaths,
 }
 
 /// The program path of a thunk: a [`SandboxPath`] that may also point into the toolchain directory.
@@ -131,6 +148,8 @@ struct Canonical<'a> {
     // 7. Limits: they change where and how long a thunk may run, so they are part of its name.
     timeout_ms: u64,
     memory: MemoryClass,
+    // 8. Where it may run: a thunk that compiles in a real path gives other bytes in a sandbox.
+    placement: Placement,
 }
 
 /// The decoding twin of [`Canonical`] (serde cannot combine `flatten` with `deny_unknown_fields`).
@@ -150,6 +169,7 @@ struct Wire {
     outputs: BTreeSet<SandboxPath>,
     timeout_ms: u64,
     memory: MemoryClass,
+    placement: Placement,
 }
 
 const KIND: &str = "thunk";
@@ -169,6 +189,7 @@ impl Thunk {
             outputs: &self.outputs,
             timeout_ms: self.timeout_ms,
             memory: self.memory,
+            placement: self.placement,
         };
         serde_json::to_vec(&canonical).expect("a thunk always serializes")
     }
@@ -191,6 +212,7 @@ impl Thunk {
             outputs: wire.outputs,
             timeout_ms: wire.timeout_ms,
             memory: wire.memory,
+            placement: wire.placement,
         };
         thunk.validate()?;
         Ok(thunk)
@@ -267,6 +289,7 @@ mod tests {
             outputs: BTreeSet::from([path("out/libdemo.rlib")]),
             timeout_ms: 600_000,
             memory: MemoryClass::Standard,
+            placement: Placement::Anywhere,
         }
     }
 
@@ -277,7 +300,7 @@ mod tests {
         assert_eq!(
             text,
             concat!(
-                r#"{"kind":"thunk","version":2,"#,
+                r#"{"kind":"thunk","version":3,"#,
                 r#""toolchain":"dd9765724d63cedb171573e96d87aad8c17ca281055f5b639c94761ea2da5c9e","#,
                 r#""program":"_toolchain/bin/rustc","args":["--crate-name","demo","src/lib.rs"],"cwd":"pkg","#,
                 r#""env":{"CARGO_MANIFEST_DIR":"@SANDBOX@/pkg","CARGO_PKG_NAME":"demo"},"#,
@@ -289,12 +312,12 @@ mod tests {
                 r#""src/lib.rs":{"kind":"blob","#,
                 r#""hash":"cfba826237a8e851634d422b8815010c7dbb5e225ef4a7af5ce44eda78c28268","#,
                 r#""size":13,"executable":false}},"#,
-                r#""outputs":["out/libdemo.rlib"],"timeout_ms":600000,"memory":"standard"}"#,
+                r#""outputs":["out/libdemo.rlib"],"timeout_ms":600000,"memory":"standard","placement":"anywhere"}"#,
             )
         );
         // The golden hash: if this changes, every cache entry in every store is orphaned. Bump
         // THUNK_VERSION when you mean it, and update this line.
-        assert_eq!(thunk.hash().to_hex(), "8f00a0f2638520e3d7e823c0c485dba562d1d12f09a17fc8d914e2e316464c17");
+        assert_eq!(thunk.hash().to_hex(), "8f1f3ba039d11cb5697945e2a2782c69b38615c35a31220f82868b9705698ed7");
     }
 
     #[test]
@@ -319,9 +342,9 @@ mod tests {
     #[test]
     fn unknown_version_and_kind_are_named() {
         let text = String::from_utf8(sample().canonical_bytes()).unwrap();
-        let future = text.replacen("\"version\":2", "\"version\":7", 1);
+        let future = text.replacen("\"version\":3", "\"version\":7", 1);
         let err = Thunk::decode(future.as_bytes()).unwrap_err();
-        assert!(matches!(err, DecodeError::UnsupportedVersion { found: 7, supported: 2, .. }), "{err}");
+        assert!(matches!(err, DecodeError::UnsupportedVersion { found: 7, supported: 3, .. }), "{err}");
         assert!(err.to_string().contains("format version 7"), "{err}");
         let reduction = text.replacen("\"kind\":\"thunk\"", "\"kind\":\"reduction\"", 1);
         let err = Thunk::decode(reduction.as_bytes()).unwrap_err();

@@ -82,6 +82,7 @@ async fn real_rustc_in_a_sandbox_matches_rustc_run_directly() {
         outputs: outputs.iter().map(|o| path(o)).collect::<BTreeSet<_>>(),
         timeout_ms: 120_000,
         memory: MemoryClass::Standard,
+        placement: thunk::thunk::Placement::Anywhere,
     };
     let mut lib =
         base(&["out/libgreeting.rlib", "out/libgreeting.rmeta", "out/greeting.d"], with_remap(LIB_ARGS, SANDBOX_TOKEN));

@@ -54,6 +54,7 @@ impl Fixture {
             outputs: outputs.iter().map(|o| path(o)).collect::<BTreeSet<_>>(),
             timeout_ms: 60_000,
             memory: MemoryClass::Standard,
+            placement: thunk::thunk::Placement::Anywhere,
         }
     }
 
