@@ -173,9 +173,14 @@ pub struct BuildArgs {
     /// Error format: human, or json (cargo's messages with real paths, then a `lambdabuild-finished` line)
     #[arg(long, value_name = "FMT", default_value = "human")]
     pub message_format: String,
-    /// Where thunks run: `local=N` (N processes on this machine) [default: local=<cores>]
+    /// Where thunks run: `local=N` (N processes on this machine), `lambda=N` (N invocations of the
+    /// deployed function in flight; needs an S3 store); give both for Lambda with a local fallback
+    /// [default: local=<cores>]
     #[arg(long, value_name = "ENGINE")]
-    pub engine: Option<String>,
+    pub engine: Vec<String>,
+    /// The Lambda function `--engine lambda=N` invokes
+    #[arg(long, value_name = "NAME", env = "LAMBDABUILD_FUNCTION", default_value = crate::engine::lambda::DEFAULT_FUNCTION)]
+    pub function: String,
     /// Stop after the model phase and report the graph's size
     #[arg(long)]
     pub dry_run: bool,
@@ -199,5 +204,5 @@ pub struct ForceArgs {
     pub paths: Vec<PathBuf>,
     /// Where thunks run: `local=N` [default: local=<cores>]
     #[arg(long, value_name = "ENGINE")]
-    pub engine: Option<String>,
+    pub engine: Vec<String>,
 }

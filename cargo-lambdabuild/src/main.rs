@@ -2,6 +2,7 @@
 //! processes or on AWS Lambda. This binary parses the command line and hands each subcommand to `ops`.
 
 mod cli;
+mod engine;
 mod ops;
 mod shell;
 mod upload;

@@ -63,8 +63,9 @@ where
     }
 }
 
-/// The chain of causes below an error, innermost last, without repeats.
-pub(crate) fn causes(error: &dyn Error) -> String {
+/// The chain of causes below an error, innermost last, without repeats (the AWS SDK's own `Display`
+/// hides them).
+pub fn causes(error: &dyn Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = error.source();
     while let Some(cause) = next {

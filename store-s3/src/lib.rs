@@ -13,7 +13,7 @@ mod s3;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use error::describe_sdk_error;
+pub use error::{causes, describe_sdk_error};
 pub use s3::{S3Backend, S3Location, S3Options};
 use thunk::workdir::Workdir;
 use thunk::{LocalBackend, Store};

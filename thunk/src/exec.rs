@@ -152,10 +152,13 @@ fn sandbox_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> ExecEr
     move |source| ExecError::Sandbox { context, source }
 }
 
-/// The argument that maps sandbox paths back to real ones: the model adds it to every rustc thunk. In
-/// place it would map nothing and only change rustc's metadata (a matching remap is recorded in the
-/// crate), so [`Executor::execute_in_place`] drops it.
-pub const MIRROR_REMAP: &str = "--remap-path-prefix=@SANDBOX@=";
+/// The argument that maps sandbox paths back to real ones: the model adds it to every rustc thunk. The
+/// target is `/`, not empty: rustc joins the rest of the path onto it, and an empty target would leave
+/// `home/me/app` relative where a plain build has `/home/me/app`. With it, a binary linked in a sandbox
+/// is byte-identical to cargo's; an rlib's metadata still records that its paths were remapped. In
+/// place it would map nothing and only change rustc's metadata, so [`Executor::execute_in_place`]
+/// drops it.
+pub const MIRROR_REMAP: &str = "--remap-path-prefix=@SANDBOX@=/";
 
 /// A thunk run in place, and the files its dep-info says it read that it did not declare.
 #[derive(Debug)]
@@ -166,6 +169,9 @@ pub struct InPlace {
     /// the thunk does not name all it depends on, so its reduction is not cached.
     pub undeclared: Vec<PathBuf>,
 }
+
+/// Blob inputs fetched at once when a sandbox is materialized.
+const PREFETCH_JOBS: usize = 32;
 
 /// Runs thunks on this machine.
 #[derive(Debug, Clone)]
@@ -385,6 +391,7 @@ impl Executor {
     }
 
     async fn materialize(&self, thunk: &Thunk, root: &Path) -> Result<(), ExecError> {
+        self.prefetch(thunk).await?;
         let mut symlinks = Vec::new();
         for (path, input) in &thunk.inputs {
             make_parents(root, path)?;
@@ -428,6 +435,44 @@ impl Executor {
                     reason: format!("the symlink resolves to {}, outside the sandbox", real.display()),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Fetches every blob input the local cache lacks, [`PREFETCH_JOBS`] at a time (a remote store
+    /// answers each request in tens of milliseconds; one at a time, a crate with many inputs would wait
+    /// seconds). Materializing then finds them all in the cache.
+    async fn prefetch(&self, thunk: &Thunk) -> Result<(), ExecError> {
+        let mut wanted = Vec::new();
+        for (path, input) in &thunk.inputs {
+            match input {
+                Input::Blob { hash, size, executable } => wanted.push((path.clone(), *hash, *size, *executable)),
+                Input::Link { thunk: producer, output } => {
+                    let file = self
+                        .store
+                        .get_reduction(*producer)
+                        .await?
+                        .and_then(|reduction| reduction.outputs.get(output).copied());
+                    // A missing or failed producer is reported by `materialize`, with its reason.
+                    if let Some(file) = file {
+                        wanted.push((path.clone(), file.hash, file.size, file.executable));
+                    }
+                }
+                Input::Symlink { .. } => {}
+            }
+        }
+        let limit = Arc::new(tokio::sync::Semaphore::new(PREFETCH_JOBS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (path, hash, size, executable) in wanted {
+            let (this, limit) = (self.clone(), Arc::clone(&limit));
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                this.raw_blob(&path, hash, size, executable).await.map(drop)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined
+                .map_err(|e| ExecError::Sandbox { context: "fetching inputs".into(), source: io::Error::other(e) })??;
         }
         Ok(())
     }

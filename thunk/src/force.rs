@@ -1,8 +1,10 @@
 //! The forcer: runs a thunk after everything it links to, at most N at a time, each thunk once.
 //!
 //! Forcing a thunk forces its producers first (concurrently), then uses the cached reduction if the
-//! store has one, and otherwise runs the thunk on the local engine, in place (see
-//! [`Executor::execute_in_place`]). Several processes may force the same thunks at once (cargo runs
+//! store has one, and otherwise runs the thunk: on the remote engine when there is one (N at a time,
+//! retrying infrastructure failures with backoff), and on the local engine, in place (see
+//! [`Executor::execute_in_place`]), when there is none, when the remote engine cannot run that thunk,
+//! or when it has failed too often to be worth asking. Several processes may force the same thunks at once (cargo runs
 //! many wrappers, each forcing a build script's dependencies): a lock file per thunk makes one of them
 //! run it while the others wait and then take its reduction.
 
@@ -20,6 +22,7 @@ use crate::exec::{EarlyOutput, ExecError, Executor};
 use crate::hash::Hash;
 use crate::path::SandboxPath;
 use crate::reduction::{OutputFile, Reduction};
+use crate::remote::{RemoteEngine, RemoteError};
 use crate::store::{Store, StoreError};
 use crate::thunk::Input;
 use crate::workdir::Workdir;
@@ -33,6 +36,8 @@ pub struct Forced {
     pub cached: bool,
     /// Files it read without declaring them (its reduction was not cached).
     pub undeclared: Vec<PathBuf>,
+    /// Why the remote engine did not run it, when it fell back to the local engine.
+    pub fallback: Option<String>,
 }
 
 /// Why a thunk could not be forced.
@@ -89,7 +94,24 @@ struct Inner {
     cells: Mutex<HashMap<Hash, Arc<OnceCell<Outcome>>>>,
     /// Outputs announced before their thunk finished, by thunk.
     early: Mutex<HashMap<Hash, watch::Sender<BTreeMap<SandboxPath, OutputFile>>>>,
+    remote: Option<Remote>,
 }
+
+/// The remote engine, its slots, and how its failures have gone.
+struct Remote {
+    engine: Arc<dyn RemoteEngine>,
+    slots: crate::slots::Slots,
+    /// Thunks in a row that it failed to run even after retries; at [`GIVE_UP_AFTER`] it is no longer
+    /// asked.
+    failures_in_a_row: std::sync::atomic::AtomicUsize,
+}
+
+/// Attempts per thunk on the remote engine, the first included.
+const REMOTE_ATTEMPTS: u32 = 4;
+/// The wait before the first retry; each later one waits twice as long (with jitter).
+const REMOTE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
+/// Thunks in a row the remote engine may fail on before the rest of the build runs locally.
+const GIVE_UP_AFTER: usize = 3;
 
 impl Forcer {
     /// A forcer running at most `slots` thunks at a time on this machine.
@@ -114,8 +136,21 @@ impl Forcer {
                 shapes: Mutex::new(HashMap::new()),
                 cells: Mutex::new(HashMap::new()),
                 early: Mutex::new(HashMap::new()),
+                remote: None,
             }),
         }
+    }
+
+    /// The same forcer, running thunks on `engine` with `slots` in flight; the local slots remain for
+    /// thunks that fall back.
+    pub fn with_remote(self, engine: Arc<dyn RemoteEngine>, slots: usize) -> Forcer {
+        let mut inner = Arc::into_inner(self.inner).expect("a remote engine is added before forcing starts");
+        inner.remote = Some(Remote {
+            engine,
+            slots: crate::slots::Slots::new(slots),
+            failures_in_a_row: std::sync::atomic::AtomicUsize::new(0),
+        });
+        Forcer { inner: Arc::new(inner) }
     }
 
     /// Schedules the thunks below `roots` by the critical path: a thunk's priority is the estimated
@@ -151,6 +186,9 @@ impl Forcer {
                 let entry = priority.entry(*producer).or_insert(0);
                 *entry = (*entry).max(own);
             }
+        }
+        if let Some(remote) = &self.inner.remote {
+            remote.slots.set_priorities(priority.clone());
         }
         self.inner.slots.set_priorities(priority);
         Ok(())
@@ -237,13 +275,37 @@ impl Forcer {
             return Err(error);
         }
         if let Some(reduction) = self.usable_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
-            return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
+            return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new(), fallback: None });
+        }
+        let mut fallback = None;
+        if let Some(remote) = &self.inner.remote
+            && thunk.placement == crate::thunk::Placement::Anywhere
+        {
+            // The remote engine reads the producers' reductions from the store: wait for them, not
+            // for an early announcement of an output.
+            for producer in thunk.inputs.values().filter_map(|input| match input {
+                Input::Link { thunk, .. } => Some(*thunk),
+                _ => None,
+            }) {
+                let _ = self.force(producer).await;
+            }
+            match self.run_remote(remote, hash, &thunk).await {
+                Ok(reduction) => {
+                    return Ok(Forced {
+                        reduction: Arc::new(reduction),
+                        cached: false,
+                        undeclared: Vec::new(),
+                        fallback,
+                    });
+                }
+                Err(reason) => fallback = Some(reason),
+            }
         }
         let _slot = self.inner.slots.acquire(hash).await;
         let _lock = self.lock(hash).await.map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
         // Another process may have run it while this one waited for the lock.
         if let Some(reduction) = self.usable_reduction(hash).await.map_err(|e| Arc::new(e.into()))? {
-            return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new() });
+            return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new(), fallback: None });
         }
         let _token = self.acquire_token().await;
         let early = self.early_sender(hash);
@@ -258,7 +320,41 @@ impl Forcer {
             .execute_in_place(&thunk, &ready, Some(announce))
             .await
             .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
-        Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared })
+        Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared, fallback })
+    }
+
+    /// Runs `thunk` on the remote engine, retrying infrastructure failures with exponential backoff;
+    /// `Err` says why it should run locally instead.
+    async fn run_remote(&self, remote: &Remote, hash: Hash, thunk: &crate::thunk::Thunk) -> Result<Reduction, String> {
+        use std::sync::atomic::Ordering;
+        let given_up = || remote.failures_in_a_row.load(Ordering::SeqCst) >= GIVE_UP_AFTER;
+        if given_up() {
+            return Err(format!("{} failed {GIVE_UP_AFTER} thunks in a row", remote.engine.name()));
+        }
+        let _slot = remote.slots.acquire(hash).await;
+        let mut backoff = REMOTE_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match remote.engine.run(hash, thunk).await {
+                Ok(reduction) => {
+                    remote.failures_in_a_row.store(0, Ordering::SeqCst);
+                    return Ok(reduction);
+                }
+                Err(RemoteError::Final(reason)) => return Err(reason),
+                Err(RemoteError::Retryable(reason)) if attempt >= REMOTE_ATTEMPTS || given_up() => {
+                    remote.failures_in_a_row.fetch_add(1, Ordering::SeqCst);
+                    return Err(format!("{reason} (after {attempt} attempts)"));
+                }
+                Err(RemoteError::Retryable(_)) => {
+                    // Jitter, so that many thunks failing together do not retry together.
+                    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    let jitter = std::time::Duration::from_millis(u64::from(nanos.subsec_nanos()) % 100);
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     /// The stored reduction of `hash`, if there is one whose output blobs the store still has. A

@@ -3,8 +3,10 @@
 //! 1. Name the toolchain cargo will use and open a session for the wrappers.
 //! 2. Run `cargo build` with `RUSTC_WRAPPER=rustc-model` into `<target-dir>/lambdabuild`: every unit
 //!    becomes a thunk with placeholders (build scripts are forced on the way, because cargo runs them).
-//! 3. Force the thunks behind every artifact cargo reported, on the local engine, and write their real
-//!    bytes over the placeholders (same inode, same mtime, so cargo's hard links and fingerprints hold).
+//! 3. Force the thunks behind every artifact cargo reported and write their real bytes over the
+//!    placeholders (same inode, same mtime, so cargo's hard links and fingerprints hold). On the local
+//!    engine forcing starts while cargo still reports the graph; on Lambda it starts once the model
+//!    phase is over and the uploader has put the graph's inputs in the S3 store.
 //! 4. Show rustc's diagnostics as cargo would, and a summary.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,27 +23,15 @@ use serde_json::json;
 use thunk::force::{ForceError, Forced, Forcer};
 use thunk::placeholder::Placeholder;
 use thunk::reduction::Status;
+use thunk::remote::RemoteEngine;
 use thunk::toolchain::{name_local_toolchain, query_sysroot};
 use thunk::{Hash, Store};
 
 use crate::cli::{BuildArgs, ForceArgs, GlobalArgs};
+use crate::engine::Engines;
+use crate::engine::lambda::LambdaEngine;
 use crate::shell::Shell;
-
-/// `local=N`, `local`.
-pub fn parse_engine(engine: Option<&str>) -> anyhow::Result<usize> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match engine {
-        None | Some("local") => Ok(cores),
-        Some(spec) => match spec.split_once('=') {
-            Some(("local", n)) => n
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .with_context(|| format!("`{spec}`: N must be a positive number")),
-            _ => bail!("unknown engine `{spec}`; this version has `local=N`"),
-        },
-    }
-}
+use crate::upload::upload;
 
 impl BuildArgs {
     /// The flags that go to `cargo build` as they are.
@@ -140,13 +130,28 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     if !matches!(args.message_format.as_str(), "human" | "short" | "json") {
         bail!("--message-format must be human, short or json");
     }
-    let slots = parse_engine(args.engine.as_deref())?;
+    let engines = Engines::parse(&args.engine)?;
     let opened = super::open_store(global).await?;
-    // The forcer starts on each artifact as cargo reports it, while the model phase goes on: on a
-    // machine with few cores, the model phase's single-threaded stretches would otherwise idle them.
-    let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
-    let early_forcer = (!args.dry_run).then_some(&forcer);
-    let Some(modelled) = model(global, &args, &opened, slots, early_forcer).await? else {
+    let mut forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), engines.local);
+    let lambda = match engines.lambda {
+        Some(invocations) => {
+            let Some(url) = &opened.remote else {
+                bail!(
+                    "--engine lambda=N needs a store the function can read: --store s3://BUCKET/PREFIX or \
+                     LAMBDABUILD_STORE"
+                );
+            };
+            let engine = Arc::new(LambdaEngine::connect(&args.function, url).await);
+            forcer = forcer.with_remote(Arc::clone(&engine) as Arc<dyn RemoteEngine>, invocations);
+            Some(engine)
+        }
+        None => None,
+    };
+    // On the local engine the forcer starts on each artifact as cargo reports it, while the model
+    // phase goes on: on a machine with few cores, the model phase's single-threaded stretches would
+    // otherwise idle them. Lambda needs the graph's inputs uploaded first.
+    let early_forcer = (!args.dry_run && lambda.is_none()).then_some(&forcer);
+    let Some(modelled) = model(global, &args, &opened, engines.local, early_forcer).await? else {
         return Ok(ExitCode::from(101));
     };
     let thunks = modelled.thunk_count();
@@ -161,6 +166,19 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     }
 
     let force_started = Instant::now();
+    if lambda.is_some() {
+        let roots = modelled.root_thunks();
+        let uploaded = upload(&opened.store, &opened.workdir, &roots, true, global.upload_jobs, !global.quiet).await?;
+        shell.status(
+            "Uploaded",
+            &format!(
+                "{} of {} objects the graph needs ({:.1} MB)",
+                uploaded.uploaded,
+                uploaded.objects,
+                uploaded.bytes as f64 / 1e6
+            ),
+        );
+    }
     let report = force_and_write(&forcer, &opened.store, &modelled.roots, shell).await?;
     let force_seconds = force_started.elapsed().as_secs_f64();
     // Build scripts were forced during the model phase, each by its own wrapper: a thunk counts once,
@@ -176,6 +194,14 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     }
     let executed = forced.values().filter(|cached| !**cached).count();
     let cached = forced.values().filter(|cached| **cached).count();
+    // Build scripts and their dependencies ran locally, in the wrappers.
+    let on_lambda = report.ran_on.get("lambda").copied().unwrap_or(0);
+    let executed_on = json!({ "lambda": on_lambda, "local": executed - on_lambda });
+    for (reason, count) in &report.fallbacks {
+        let plural = if *count == 1 { "" } else { "s" };
+        shell.warning(&format!("{count} thunk{plural} ran on the local engine instead of Lambda: {reason}"));
+    }
+    let lambda_stats = lambda.as_ref().map(|engine| LambdaStats::of(&engine.samples()));
 
     if json {
         for line in &modelled.messages {
@@ -189,8 +215,16 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             "cached": cached,
             "passed_through": passed_through.values().sum::<usize>(),
             "passed_through_reasons": passed_through,
+            "executed_on": executed_on,
+            "fallbacks": report.fallbacks.values().sum::<usize>(),
             "model_s": modelled.seconds,
             "force_s": force_seconds,
+            "lambda": lambda_stats.map(|stats| json!({
+                "invocations": stats.invocations,
+                "cold_starts": stats.cold_starts,
+                "overhead_ms_median": stats.median_ms,
+                "overhead_ms_p95": stats.p95_ms,
+            })),
         });
         shell.print(&format!("{summary}\n"));
     }
@@ -200,10 +234,22 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
         let reasons: Vec<String> = passed_through.iter().map(|(reason, n)| format!("{n} × {reason}")).collect();
         format!(", {} passed through ({})", passed_through.values().sum::<usize>(), reasons.join(", "))
     };
+    let executed_text = match &lambda {
+        Some(_) => format!("{executed} executed ({on_lambda} on Lambda, {} locally)", executed - on_lambda),
+        None => format!("{executed} executed"),
+    };
     let line = format!(
-        "{thunks} thunks: {executed} executed, {} cached{through}; model {:.2}s, force {:.2}s on local={slots}",
-        cached, modelled.seconds, force_seconds
+        "{thunks} thunks: {executed_text}, {cached} cached{through}; model {:.2}s, force {:.2}s on {}",
+        modelled.seconds,
+        force_seconds,
+        engines.describe()
     );
+    if let Some(stats) = lambda_stats.filter(|stats| stats.invocations > 0) {
+        shell.verbose_note(&format!(
+            "Lambda: {} invocations, {} cold starts; overhead beyond the compiler's own time: median {} ms, p95 {} ms",
+            stats.invocations, stats.cold_starts, stats.median_ms, stats.p95_ms
+        ));
+    }
     if report.failed.is_empty() {
         shell.status("Finished", &line);
         Ok(ExitCode::SUCCESS)
@@ -360,7 +406,37 @@ struct ForceReport {
     cached: usize,
     /// Every thunk forced, and whether it came from the store.
     forced: HashMap<Hash, bool>,
+    /// Thunks executed, by the engine that ran them.
+    ran_on: BTreeMap<String, usize>,
+    /// Why thunks ran locally instead of on the remote engine, with how many did.
+    fallbacks: BTreeMap<String, usize>,
     failed: Vec<Hash>,
+}
+
+/// What the Lambda engine's invocations cost beyond the compiler's own time.
+#[derive(Debug, Clone, Copy)]
+struct LambdaStats {
+    invocations: usize,
+    cold_starts: usize,
+    median_ms: u64,
+    p95_ms: u64,
+}
+
+impl LambdaStats {
+    fn of(samples: &[crate::engine::lambda::Sample]) -> LambdaStats {
+        let mut overheads: Vec<u64> = samples.iter().map(|sample| sample.overhead_ms()).collect();
+        overheads.sort_unstable();
+        let at = |quantile: f64| {
+            let index = ((overheads.len() as f64 * quantile).ceil() as usize).saturating_sub(1);
+            overheads.get(index).copied().unwrap_or(0)
+        };
+        LambdaStats {
+            invocations: samples.len(),
+            cold_starts: samples.iter().filter(|sample| sample.cold).count(),
+            median_ms: at(0.5),
+            p95_ms: at(0.95),
+        }
+    }
 }
 
 /// Forces every placeholder among `artifacts`, prints diagnostics, writes the real bytes.
@@ -376,7 +452,14 @@ async fn force_and_write(forcer: &Forcer, store: &Store, roots: &[Root], shell: 
     while tasks.join_next().await.is_some() {}
 
     let outcomes = forcer.outcomes();
-    let mut report = ForceReport { executed: 0, cached: 0, forced: HashMap::new(), failed: Vec::new() };
+    let mut report = ForceReport {
+        executed: 0,
+        cached: 0,
+        forced: HashMap::new(),
+        ran_on: BTreeMap::new(),
+        fallbacks: BTreeMap::new(),
+        failed: Vec::new(),
+    };
     let by_hash: HashMap<Hash, Result<Forced, Arc<ForceError>>> = outcomes.into_iter().collect();
     let mut ordered: Vec<(&Hash, &Result<Forced, Arc<ForceError>>)> = by_hash.iter().collect();
     ordered.sort_by_key(|(hash, _)| **hash);
@@ -388,6 +471,10 @@ async fn force_and_write(forcer: &Forcer, store: &Store, roots: &[Root], shell: 
                     report.cached += 1;
                 } else {
                     report.executed += 1;
+                    *report.ran_on.entry(forced.reduction.engine.clone()).or_default() += 1;
+                }
+                if let Some(reason) = &forced.fallback {
+                    *report.fallbacks.entry(reason.clone()).or_default() += 1;
                 }
                 for file in &forced.undeclared {
                     shell.verbose_note(&format!(
@@ -490,7 +577,11 @@ async fn show_diagnostics(store: &Store, hash: Hash, forced: &Forced, shell: &Sh
 
 /// `cargo lambdabuild force PATH…`.
 pub async fn force_paths(global: &GlobalArgs, args: ForceArgs, shell: &Shell) -> anyhow::Result<ExitCode> {
-    let slots = parse_engine(args.engine.as_deref())?;
+    let engines = Engines::parse(&args.engine)?;
+    if engines.lambda.is_some() {
+        bail!("`cargo lambdabuild force` runs on the local engine; build with `--engine lambda=N` instead");
+    }
+    let slots = engines.local;
     let opened = super::open_store(global).await?;
     let mut artifacts = Vec::new();
     for path in &args.paths {

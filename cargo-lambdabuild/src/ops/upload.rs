@@ -16,7 +16,7 @@ pub async fn run(global: &GlobalArgs, args: UploadArgs, shell: &Shell) -> anyhow
             "the store is a local directory, which holds everything already; upload needs --store s3://BUCKET/PREFIX"
         );
     }
-    let slots = super::build::parse_engine(args.build.engine.as_deref())?;
+    let slots = crate::engine::Engines::parse(&args.build.engine)?.local;
     let Some(modelled) = super::build::model(global, &args.build, &opened, slots, None).await? else {
         return Ok(ExitCode::from(101));
     };

@@ -1,0 +1,251 @@
+//! The Lambda function's work, apart from the Lambda runtime (which `bin/bootstrap.rs` adds): one
+//! invocation runs one thunk against the store it names.
+//!
+//! 1. Open the store (once per store per instance): S3 with a cache directory in `/tmp` in front, so
+//!    what one invocation fetched serves the next ones on the same warm instance.
+//! 2. Obtain the toolchain: on a cold instance, fetch `toolchains/<hash>.tar.zst`, verify and unpack it
+//!    (see [`crate::layer::unpack`]); a warm one has it already.
+//! 3. Run the thunk with the same executor as the local engine ([`Executor::execute`]): inputs fetched
+//!    in parallel and verified, outputs and then the reduction stored.
+//! 4. Answer with the reduction and where the time went, or with a failure that says whether another
+//!    attempt may help.
+//! 5. Keep the cache under its bound, dropping what was used longest ago.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use store_s3::{S3Options, StoreSpec};
+use thunk::exec::{ExecError, Executor};
+use thunk::remote::{Invocation, InvocationResult, PROTOCOL_VERSION, Timings};
+use thunk::workdir::Workdir;
+use thunk::{Hash, ObjectKey, Store, StoreError, Thunk};
+use tokio::sync::Mutex;
+
+/// The cache directory when `LAMBDABUILD_CACHE_DIR` is not set: Lambda's only writable place.
+pub const DEFAULT_CACHE_DIR: &str = "/tmp/lambdabuild";
+
+/// The cache's bound when `LAMBDABUILD_CACHE_LIMIT_MB` is not set. Toolchains are not counted: the one
+/// in use is needed, and an instance rarely sees a second one.
+pub const DEFAULT_CACHE_LIMIT: u64 = 2 << 30;
+
+/// A failure to report: its message, and whether another attempt may succeed.
+struct Failure {
+    retryable: bool,
+    message: String,
+}
+
+impl Failure {
+    fn retryable(message: impl std::fmt::Display) -> Failure {
+        Failure { retryable: true, message: message.to_string() }
+    }
+
+    fn final_(message: impl std::fmt::Display) -> Failure {
+        Failure { retryable: false, message: message.to_string() }
+    }
+
+    fn of_store(error: StoreError) -> Failure {
+        match error {
+            // The network or the service: worth another attempt.
+            StoreError::Backend { .. } => Failure::retryable(error),
+            // Missing, damaged or unreadable objects stay so.
+            _ => Failure::final_(error),
+        }
+    }
+
+    fn of_exec(error: ExecError) -> Failure {
+        match error {
+            ExecError::Store(error) => Failure::of_store(error),
+            ExecError::Sandbox { .. } => Failure::retryable(error),
+            _ => Failure::final_(error),
+        }
+    }
+}
+
+/// The state of one function instance, kept across warm invocations.
+pub struct Function {
+    cache_dir: PathBuf,
+    cache_limit: u64,
+    stores: Mutex<HashMap<String, Arc<Opened>>>,
+    /// Held while a toolchain is fetched and unpacked, so concurrent invocations do it once.
+    toolchains: Mutex<()>,
+}
+
+struct Opened {
+    store: Store,
+    workdir: Workdir,
+}
+
+impl Function {
+    /// An instance caching in `cache_dir`, at most about `cache_limit` bytes of blobs.
+    pub fn new(cache_dir: PathBuf, cache_limit: u64) -> Function {
+        Function { cache_dir, cache_limit, stores: Mutex::new(HashMap::new()), toolchains: Mutex::new(()) }
+    }
+
+    /// Handles one invocation; every outcome is an answer (a compile error is a reduction too).
+    pub async fn handle(&self, invocation: Invocation) -> InvocationResult {
+        let started = Instant::now();
+        let result = self.run(invocation, started).await;
+        self.trim_cache().await;
+        match result {
+            Ok((reduction, mut timings)) => {
+                timings.total_ms = started.elapsed().as_millis() as u64;
+                InvocationResult::Reduced { reduction: Box::new(reduction), timings }
+            }
+            Err(failure) => InvocationResult::Failed { retryable: failure.retryable, message: failure.message },
+        }
+    }
+
+    async fn run(&self, invocation: Invocation, started: Instant) -> Result<(thunk::Reduction, Timings), Failure> {
+        if invocation.protocol != PROTOCOL_VERSION {
+            return Err(Failure::final_(format!(
+                "this function speaks protocol {PROTOCOL_VERSION}, the client {}: deploy the function of the same \
+                 cargo-lambdabuild version (`cargo lambdabuild deploy`)",
+                invocation.protocol
+            )));
+        }
+        let opened = self.open(&invocation.store).await?;
+        let thunk = match &invocation.inline {
+            Some(text) => {
+                let thunk = Thunk::decode(text.as_bytes()).map_err(Failure::final_)?;
+                if thunk.hash() != invocation.thunk {
+                    return Err(Failure::final_(format!("the inline thunk is not thunk {}", invocation.thunk)));
+                }
+                thunk
+            }
+            None => opened.store.get_thunk(invocation.thunk).await.map_err(Failure::of_store)?,
+        };
+        let toolchain_started = Instant::now();
+        let cold = self.obtain_toolchain(&opened, &invocation.store, thunk.toolchain).await?;
+        let toolchain_ms = toolchain_started.elapsed().as_millis() as u64;
+        let fetch_started = Instant::now();
+        let executor = Executor::new(opened.store.clone(), opened.workdir.clone(), "lambda");
+        let reduction = executor.execute(&thunk).await.map_err(Failure::of_exec)?;
+        // The executor fetches, runs and stores in one call; what is not the run is the overhead.
+        let fetch_ms = (fetch_started.elapsed().as_millis() as u64).saturating_sub(reduction.duration_ms);
+        let timings = Timings {
+            toolchain_ms,
+            cold,
+            fetch_ms,
+            run_ms: reduction.duration_ms,
+            total_ms: started.elapsed().as_millis() as u64,
+        };
+        Ok((reduction, timings))
+    }
+
+    /// The store named `url`, opened once per instance.
+    async fn open(&self, url: &str) -> Result<Arc<Opened>, Failure> {
+        let mut stores = self.stores.lock().await;
+        if let Some(opened) = stores.get(url) {
+            return Ok(Arc::clone(opened));
+        }
+        let spec = StoreSpec::parse(url).map_err(Failure::final_)?;
+        if !matches!(spec, StoreSpec::S3(_)) {
+            return Err(Failure::final_(format!(
+                "the store `{url}` is not on S3; the function can only use an s3://BUCKET/PREFIX store"
+            )));
+        }
+        let opened = store_s3::open_store(&spec, &self.cache_dir, S3Options::default(), false)
+            .await
+            .map_err(Failure::retryable)?;
+        let opened = Arc::new(Opened { store: opened.store, workdir: opened.workdir });
+        stores.insert(url.to_owned(), Arc::clone(&opened));
+        Ok(opened)
+    }
+
+    /// Makes toolchain `hash` ready in the workdir; `true` when it had to be fetched (a cold start).
+    async fn obtain_toolchain(&self, opened: &Opened, url: &str, hash: Hash) -> Result<bool, Failure> {
+        let dest = opened.workdir.toolchain_dir(hash);
+        if dest.is_dir() {
+            return Ok(false);
+        }
+        let _unpacking = self.toolchains.lock().await;
+        if dest.is_dir() {
+            return Ok(false);
+        }
+        let key = ObjectKey::Toolchain(hash);
+        let layer = match opened.store.backend().get(key).await {
+            Ok(Some(layer)) => layer,
+            Ok(None) => {
+                return Err(Failure::final_(format!(
+                    "toolchain {hash} is not in {url} ({key} is missing): upload it with `cargo lambdabuild layer`"
+                )));
+            }
+            Err(error) => return Err(Failure::retryable(format!("cannot fetch toolchain {hash} from {url}: {error}"))),
+        };
+        tokio::task::spawn_blocking(move || crate::layer::unpack(std::io::Cursor::new(layer), hash, &dest))
+            .await
+            .map_err(Failure::retryable)?
+            .map_err(|error| Failure::final_(format!("cannot use toolchain {hash} from {url}: {error}")))?;
+        Ok(true)
+    }
+
+    /// Once the cache is over its bound, deletes cached blobs (compressed and decompressed copies
+    /// alike), those used longest ago first, until it is under three quarters of the bound.
+    async fn trim_cache(&self) {
+        let (dir, limit) = (self.cache_dir.clone(), self.cache_limit);
+        let _ = tokio::task::spawn_blocking(move || trim(&dir, limit)).await;
+    }
+}
+
+/// Files in the cache's blob directories with their size and when they were used: the access time
+/// (which Linux's `relatime` moves at most daily, so close to first use), else the modification time.
+fn cached_files(cache_dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    for dir in [cache_dir.join("blobs"), cache_dir.join("work/raw")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(metadata) = entry.metadata() else { continue };
+            if !metadata.is_file() {
+                continue;
+            }
+            let used = metadata.accessed().or_else(|_| metadata.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            files.push((entry.path(), metadata.len(), used));
+        }
+    }
+    files
+}
+
+fn trim(cache_dir: &Path, limit: u64) {
+    let mut files = cached_files(cache_dir);
+    let mut total: u64 = files.iter().map(|(_, size, _)| size).sum();
+    if total <= limit {
+        return;
+    }
+    files.sort_by_key(|(_, _, used)| *used);
+    for (path, size, _) in files {
+        if total <= limit / 4 * 3 {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= size;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_drops_the_least_recently_used_blobs_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        for (name, age) in [("old", 300), ("middle", 200), ("new", 100)] {
+            let path = blobs.join(name);
+            std::fs::write(&path, vec![0u8; 1000]).unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_times(std::fs::FileTimes::new().set_accessed(when).set_modified(when)).unwrap();
+        }
+        trim(dir.path(), 3000);
+        assert_eq!(cached_files(dir.path()).len(), 3, "under the bound nothing goes");
+        trim(dir.path(), 2500);
+        let mut left: Vec<String> =
+            cached_files(dir.path()).iter().map(|(p, ..)| p.file_name().unwrap().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, ["middle", "new"]);
+    }
+}

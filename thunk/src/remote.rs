@@ -1,0 +1,105 @@
+//! Running thunks somewhere else: the [`RemoteEngine`] the forcer hands thunks to, and the messages
+//! between the engine's client and the Lambda function (one invocation runs one thunk).
+//!
+//! The function answers every invocation it understood with an [`InvocationResult`]: a reduction (a
+//! compile error is a reduction too, with a failed status: final, not retried), or a failure that says
+//! whether trying again can help (the store or the network failed: retryable) or not (the toolchain is
+//! not in the store, the thunk is malformed: the forcer runs the thunk on the local engine instead).
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::Hash;
+use crate::reduction::Reduction;
+use crate::thunk::Thunk;
+
+/// The revision of the invocation messages; the function refuses others.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Lambda refuses a synchronous request or response above 6 MB; the client keeps well under it.
+pub const PAYLOAD_LIMIT: usize = 6_000_000;
+
+/// A thunk whose canonical form is at most this large travels inside the invocation, which saves the
+/// function one request to the store.
+pub const INLINE_LIMIT: usize = 256 * 1024;
+
+/// What the client sends: run this thunk against this store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invocation {
+    /// Always [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The store, as `--store` names it (`s3://BUCKET/PREFIX`).
+    pub store: String,
+    /// The thunk's hash.
+    pub thunk: Hash,
+    /// The thunk's canonical form, when small (checked against `thunk` by the function).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+}
+
+impl Invocation {
+    /// The invocation of `thunk`, inlined when small.
+    pub fn new(store: &str, hash: Hash, thunk: &Thunk) -> Invocation {
+        let canonical = thunk.canonical_bytes();
+        let inline = (canonical.len() <= INLINE_LIMIT).then(|| String::from_utf8_lossy(&canonical).into_owned());
+        Invocation { protocol: PROTOCOL_VERSION, store: store.to_owned(), thunk: hash, inline }
+    }
+}
+
+/// What the function answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum InvocationResult {
+    /// The thunk ran (or its reduction was already in the store); the reduction is stored.
+    Reduced {
+        /// The reduction (its output blobs are in the store).
+        reduction: Box<Reduction>,
+        /// Where the invocation's time went.
+        timings: Timings,
+    },
+    /// No reduction: why, and whether another attempt may succeed.
+    Failed {
+        /// Whether the failure was of the infrastructure (store, network, disk), worth retrying.
+        retryable: bool,
+        /// One line a user can act on.
+        message: String,
+    },
+}
+
+/// Where one invocation's time went, in milliseconds, for the overhead the client reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    /// Obtaining the toolchain: 0 when warm, fetching and unpacking the layer when cold.
+    pub toolchain_ms: u64,
+    /// Whether this invocation unpacked the toolchain (a cold start of this function instance).
+    pub cold: bool,
+    /// Reading the thunk and fetching the inputs the instance's cache lacked.
+    pub fetch_ms: u64,
+    /// The program itself (the reduction's `duration_ms`).
+    pub run_ms: u64,
+    /// Everything from receiving the invocation to answering it.
+    pub total_ms: u64,
+}
+
+/// Why a remote engine returned no reduction.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    /// The infrastructure failed (a dropped connection, throttling, a dead instance): try again.
+    #[error("{0}")]
+    Retryable(String),
+    /// Trying again will not help (the function cannot obtain the toolchain, the payload is too large):
+    /// run the thunk on the local engine.
+    #[error("{0}")]
+    Final(String),
+}
+
+/// An engine that runs thunks on other machines, reading inputs from and writing outputs to the store.
+#[async_trait::async_trait]
+pub trait RemoteEngine: Send + Sync {
+    /// The engine's name in summaries (`lambda`).
+    fn name(&self) -> &str;
+
+    /// Runs `thunk` (named `hash`) remotely and returns its reduction, already in the store.
+    async fn run(&self, hash: Hash, thunk: &Thunk) -> Result<Reduction, RemoteError>;
+}
