@@ -3,6 +3,7 @@
 
 mod build;
 mod cli;
+mod lambda;
 mod proxy;
 mod ripgrep;
 mod s3;

@@ -1,11 +1,13 @@
 //! The slow suite: ripgrep 15.1.0 from crates.io, with its own Cargo.lock, dev and --release, every
-//! artifact byte-identical to plain cargo's; the built `rg` finds a pattern. Skipped unless
-//! `LAMBDABUILD_SLOW_TESTS=1` (`.ci/run` sets it).
+//! artifact byte-identical to plain cargo's; the built `rg` finds a pattern; and built on the emulated
+//! Lambda, every linked artifact byte-identical. Skipped unless `LAMBDABUILD_SLOW_TESTS=1` (`.ci/run`
+//! sets it).
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::support::{Project, hygienic};
+use crate::lambda::{Cloud, ON_LAMBDA, count};
+use crate::support::{Compare, Project, hygienic};
 
 fn slow_tests_enabled() -> bool {
     #[allow(clippy::disallowed_methods)] // The test harness's own switch, not something a thunk reads.
@@ -45,17 +47,35 @@ fn ripgrep_source(scratch: &std::path::Path) -> PathBuf {
     panic!("cargo fetch did not unpack ripgrep-15.1.0 under {}", cargo_home.display());
 }
 
-#[test]
-fn ripgrep_builds_byte_identical_dev_and_release() {
-    if !slow_tests_enabled() {
-        return;
-    }
+/// A copy of ripgrep's source in a project of its own.
+fn ripgrep_project() -> Project {
     let project = Project::fixture("hello");
     let source = ripgrep_source(project.dir.path());
     let root = project.dir.path().join("ripgrep");
     let status = Command::new("cp").arg("-r").arg(&source).arg(&root).status().unwrap();
     assert!(status.success());
-    let project = Project { root, ..project };
+    Project { root, ..project }
+}
+
+#[test]
+fn ripgrep_built_on_lambda_links_byte_identical() {
+    if !slow_tests_enabled() {
+        return;
+    }
+    let project = ripgrep_project();
+    let cloud = Cloud::new();
+    let build = project.assert_matches_plain_cargo_on(&["--locked"], ON_LAMBDA, &cloud.env("laptop"), Compare::Linked);
+    assert!(count(&build, &["executed_on", "lambda"]) >= 30, "{}", build.summary);
+    assert_eq!(count(&build, &["fallbacks"]), 0, "{}", build.summary);
+    assert_eq!(count(&build, &["passed_through"]), 0, "{}", build.summary);
+}
+
+#[test]
+fn ripgrep_builds_byte_identical_dev_and_release() {
+    if !slow_tests_enabled() {
+        return;
+    }
+    let project = ripgrep_project();
 
     for profile in [&["--locked"][..], &["--locked", "--release"][..]] {
         let build = project.assert_matches_plain_cargo(profile, &[]);

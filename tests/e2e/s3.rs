@@ -10,11 +10,11 @@ use thunk::store::Backend;
 use thunk::{LocalBackend, ObjectKey, Store, StoreError};
 
 use crate::proxy::{Fault, Proxy};
-use crate::support::{Project, S3Server, hygienic, s3_server};
+use crate::support::{DevServices, Project, closed_port_url, dev_services, hygienic};
 
 /// A fresh bucket on the local server, reached through a proxy, and commands that use it.
 struct Bucket {
-    server: &'static S3Server,
+    server: &'static DevServices,
     proxy: Proxy,
     location: S3Location,
     dir: tempfile::TempDir,
@@ -22,7 +22,7 @@ struct Bucket {
 
 impl Bucket {
     fn new() -> Bucket {
-        let server = s3_server();
+        let server = dev_services();
         let location = server.create_bucket("cache/team");
         Bucket { server, proxy: Proxy::start(&server.endpoint), location, dir: tempfile::tempdir().unwrap() }
     }
@@ -298,12 +298,4 @@ fn run_with(project: &Project, env: &[(String, String)]) -> std::process::Output
     hygienic(&mut command).args(["lambdabuild", "build", "-q"]).current_dir(&project.root);
     command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command.output().unwrap()
-}
-
-/// A URL on which nothing listens.
-fn closed_port_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}")
 }

@@ -106,6 +106,9 @@ pub struct Artifact {
     pub test: bool,
     /// The executable, for bins, tests and examples.
     pub executable: bool,
+    /// Read only by rustc: an rlib, an rmeta or a proc-macro library. Built in a sandbox, their
+    /// metadata records that rustc's paths were remapped, so they differ from a plain build's.
+    pub metadata: bool,
 }
 
 /// What `cargo lambdabuild` did.
@@ -145,9 +148,12 @@ fn artifacts_of(stdout: &str) -> Vec<Artifact> {
         let executable = message["executable"].as_str().map(PathBuf::from);
         for file in message["filenames"].as_array().unwrap() {
             let path = PathBuf::from(file.as_str().unwrap());
+            let proc_macro = message["target"]["kind"].as_array().unwrap().iter().any(|kind| kind == "proc-macro");
+            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
             artifacts.push(Artifact {
                 test: message["profile"]["test"] == true,
                 executable: executable.as_ref() == Some(&path),
+                metadata: proc_macro || extension == "rlib" || extension == "rmeta",
                 path,
             });
         }
@@ -229,7 +235,21 @@ impl Project {
     /// Builds with `cargo lambdabuild`, runs every test harness it built, then builds the same with
     /// plain cargo in the same target dir and checks every artifact is byte-identical.
     pub fn assert_matches_plain_cargo(&self, args: &[&str], env: &[(&str, &str)]) -> Build {
-        let build = self.lambdabuild_with(args, env).success();
+        let owned: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.assert_matches_plain_cargo_on(args, &[], &owned, Compare::Everything)
+    }
+
+    /// The same, with `engine_args` for `cargo lambdabuild` only and `env` for both; with
+    /// [`Compare::Linked`], artifacts that only rustc reads (see [`Artifact::metadata`]) are left out.
+    pub fn assert_matches_plain_cargo_on(
+        &self,
+        args: &[&str],
+        engine_args: &[&str],
+        env: &[(String, String)],
+        compare: Compare,
+    ) -> Build {
+        let all_args: Vec<&str> = args.iter().chain(engine_args).copied().collect();
+        let build = self.lambdabuild_with_env(&all_args, env).success();
         assert!(!build.artifacts.is_empty(), "cargo reported no artifact");
         for artifact in build.artifacts.iter().filter(|a| a.test && a.executable) {
             let output = Command::new(&artifact.path).output().unwrap();
@@ -243,13 +263,21 @@ impl Project {
         let ours: Vec<(PathBuf, Vec<u8>)> =
             build.artifacts.iter().map(|a| (a.path.clone(), std::fs::read(&a.path).unwrap())).collect();
         std::fs::remove_dir_all(self.root.join("target/lambdabuild")).unwrap();
-        let theirs = self.plain_cargo(args, env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let theirs = self.plain_cargo(args, &env);
         let mut our_paths: Vec<&PathBuf> = ours.iter().map(|(p, _)| p).collect();
         let mut their_paths: Vec<&PathBuf> = theirs.iter().map(|a| &a.path).collect();
         our_paths.sort();
         their_paths.sort();
         assert_eq!(our_paths, their_paths, "the same artifacts");
-        let differing: Vec<String> = ours
+        let compared: Vec<&(PathBuf, Vec<u8>)> = ours
+            .iter()
+            .zip(&build.artifacts)
+            .filter(|(_, artifact)| compare == Compare::Everything || !artifact.metadata)
+            .map(|(ours, _)| ours)
+            .collect();
+        assert!(!compared.is_empty(), "no artifact to compare");
+        let differing: Vec<String> = compared
             .iter()
             .filter(|(path, bytes)| std::fs::read(path).unwrap() != *bytes)
             .map(|(path, _)| path.display().to_string())
@@ -259,19 +287,33 @@ impl Project {
     }
 }
 
-/// The local S3 server of `scripts/dev-services` (started here when `.ci/run` has not started it).
-pub struct S3Server {
-    /// `http://127.0.0.1:PORT`.
+/// Which artifacts must be byte-identical to plain cargo's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Every one (the local engine runs rustc in place, exactly as cargo does).
+    Everything,
+    /// Every one but those only rustc reads (a remote engine runs rustc in a sandbox).
+    Linked,
+}
+
+/// The local services of `scripts/dev-services` (started here when `.ci/run` has not started them):
+/// the S3 server, and the Lambda emulator serving this checkout's function.
+pub struct DevServices {
+    /// The S3 server, `http://127.0.0.1:PORT`.
     pub endpoint: String,
     pub access_key: String,
     pub secret_key: String,
     /// Where the server keeps buckets (one directory each) and objects (one file each).
     pub data: PathBuf,
+    /// The Lambda emulator, `http://127.0.0.1:PORT`.
+    pub lambda_endpoint: String,
+    /// The function's name there.
+    pub function: String,
 }
 
-/// The server, shared by every test of this process.
-pub fn s3_server() -> &'static S3Server {
-    static SERVER: std::sync::OnceLock<S3Server> = std::sync::OnceLock::new();
+/// The services, shared by every test of this process.
+pub fn dev_services() -> &'static DevServices {
+    static SERVER: std::sync::OnceLock<DevServices> = std::sync::OnceLock::new();
     SERVER.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-services");
         let output = Command::new(&script).arg("up").output().unwrap();
@@ -281,16 +323,18 @@ pub fn s3_server() -> &'static S3Server {
             stdout.lines().filter_map(|line| line.strip_prefix("export ")?.split_once('=')).collect();
         let get =
             |name: &str| exports.get(name).unwrap_or_else(|| panic!("dev-services up printed no {name}")).to_string();
-        S3Server {
+        DevServices {
             endpoint: get("AWS_ENDPOINT_URL"),
             access_key: get("AWS_ACCESS_KEY_ID"),
             secret_key: get("AWS_SECRET_ACCESS_KEY"),
             data: PathBuf::from(get("LAMBDABUILD_DEV_S3_DATA")),
+            lambda_endpoint: get("AWS_ENDPOINT_URL_LAMBDA"),
+            function: get("LAMBDABUILD_FUNCTION"),
         }
     })
 }
 
-impl S3Server {
+impl DevServices {
     /// A new, empty bucket, and a location under `prefix` in it.
     pub fn create_bucket(&self, prefix: &str) -> store_s3::S3Location {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -329,4 +373,12 @@ impl S3Server {
             .behavior_version(aws_config::BehaviorVersion::latest())
             .build()
     }
+}
+
+/// A URL on which nothing listens.
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
 }
