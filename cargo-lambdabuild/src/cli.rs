@@ -68,6 +68,22 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Name the local rustc toolchain: hash its files, store its manifest, prepare it for the executor
     Toolchain(ToolchainArgs),
+    /// Pack the local toolchain into the layer the Lambda function unpacks, and put it in the store
+    Layer(LayerArgs),
+}
+
+/// `cargo lambdabuild layer`.
+#[derive(Debug, Args)]
+pub struct LayerArgs {
+    /// The rustc to pack [default: `rustc` on PATH, through rustup if that is what it is]
+    #[arg(long, value_name = "PATH")]
+    pub rustc: Option<PathBuf>,
+    /// Also pack the standard library for this target (repeatable); it must be installed
+    #[arg(long = "target", value_name = "TRIPLE")]
+    pub targets: Vec<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cargo lambdabuild describe`.

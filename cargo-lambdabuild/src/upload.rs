@@ -65,7 +65,7 @@ pub async fn upload(
     jobs: usize,
     progress: bool,
 ) -> anyhow::Result<UploadReport> {
-    let Some((local, known)) = store.local_cache() else {
+    let Some((local, _)) = store.local_cache() else {
         // A local store is the store: nothing to send.
         return Ok(UploadReport::default());
     };
@@ -80,6 +80,40 @@ pub async fn upload(
     }
     let needed: Vec<(ObjectKey, Source)> =
         needed.into_iter().filter(|(key, _)| toolchains || !matches!(key, ObjectKey::Toolchain(_))).collect();
+    send(store, needed, jobs, progress).await
+}
+
+/// Packs toolchain `hash` (named on this machine) into the local store and, for a remote store,
+/// uploads the layer and its manifest unless the store holds them. Returns the layer's size.
+pub async fn upload_toolchain(
+    store: &Store,
+    workdir: &Workdir,
+    local: &LocalBackend,
+    hash: Hash,
+    jobs: usize,
+    progress: bool,
+) -> anyhow::Result<(u64, UploadReport)> {
+    pack_toolchain(store, workdir, local, hash).await?;
+    let size = estimated_size(&ObjectKey::Toolchain(hash), &Source::Local, local);
+    let needed = vec![(ObjectKey::Blob(hash), Source::Local), (ObjectKey::Toolchain(hash), Source::Local)];
+    let report = if store.local_cache().is_some() {
+        send(store, needed, jobs, progress).await?
+    } else {
+        UploadReport::default()
+    };
+    Ok((size, report))
+}
+
+/// Sends the objects of `needed` that the remote store behind `store` lacks.
+async fn send(
+    store: &Store,
+    needed: Vec<(ObjectKey, Source)>,
+    jobs: usize,
+    progress: bool,
+) -> anyhow::Result<UploadReport> {
+    let Some((local, known)) = store.local_cache() else {
+        return Ok(UploadReport::default());
+    };
     let mut report = UploadReport { objects: needed.len(), ..UploadReport::default() };
     // Each with its size, measured once: for the order and the progress bar.
     let mut unknown: Vec<(ObjectKey, Source, u64)> = needed

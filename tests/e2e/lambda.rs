@@ -162,3 +162,30 @@ fn the_function_refuses_what_it_cannot_run_with_a_final_answer() {
     let InvocationResult::Failed { retryable, message } = cloud.invoke(&local) else { panic!() };
     assert!(!retryable && message.contains("s3://BUCKET/PREFIX"), "{message}");
 }
+
+#[test]
+fn the_layer_is_packed_and_uploaded_once_and_the_function_can_use_it() {
+    let cloud = Cloud::new();
+    let layer = |cache: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-lambdabuild"));
+        crate::support::hygienic(&mut command).args(["lambdabuild", "layer", "--json"]).envs(cloud.env(cache));
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let first = layer("laptop");
+    let key = first["key"].as_str().unwrap();
+    let size = first["size"].as_u64().unwrap();
+    assert!(first["uploaded_bytes"].as_u64().unwrap() > size, "the layer and its manifest: {first}");
+    let (bucket, prefix) = cloud.store.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+    let object = cloud.services.data.join(bucket).join(prefix).join(key);
+    assert_eq!(std::fs::metadata(&object).unwrap().len(), size, "{}", object.display());
+    // The manifest names rustc, the driver, std and the linker the function needs.
+    let files = first["files"].as_u64().unwrap();
+    assert!(files > 10, "{first}");
+
+    // Another machine packs the same bytes (the layer is deterministic) and sends nothing.
+    let second = layer("ci-runner");
+    assert_eq!(second["hash"], first["hash"]);
+    assert_eq!(second["uploaded_bytes"].as_u64(), Some(0), "{second}");
+}

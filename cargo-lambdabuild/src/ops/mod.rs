@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod describe;
+pub mod layer;
 pub mod toolchain;
 pub mod upload;
 
