@@ -14,6 +14,7 @@
 //! This module is the one place that starts thunk processes (the wrapper's pass-through is the other
 //! place a child process starts, and it runs the user's own rustc, not a thunk).
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -235,24 +236,45 @@ impl Executor {
         let launch = Launch::new(thunk, root_text, thunk.program.0.under(&root), cwd, sandbox.path());
         let run = run(thunk, hash, launch).await?;
 
-        let (stdout, stderr) = self.store_captured(sandbox.path()).await?;
+        // Everything is stored at once: with a remote store each blob costs a round trip or two.
+        let joined = |e: tokio::task::JoinError| ExecError::Sandbox {
+            context: "storing the outputs".into(),
+            source: io::Error::other(e),
+        };
+        let captured = {
+            let (this, dir) = (self.clone(), sandbox.path().to_owned());
+            tokio::spawn(async move { this.store_captured(&dir).await })
+        };
         let mut status = run.status();
-        let mut outputs = std::collections::BTreeMap::new();
+        let mut outputs = BTreeMap::new();
         if status == Status::Success {
             let real_root = fs::canonicalize(&root).map_err(sandbox_error("cannot resolve the root"))?;
+            let mut tasks = tokio::task::JoinSet::new();
             for output in &thunk.outputs {
-                match self.store_output(output, &root, &real_root).await? {
+                let (this, output, root, real_root) = (self.clone(), output.clone(), root.clone(), real_root.clone());
+                tasks.spawn(async move {
+                    let file = this.store_output(&output, &root, &real_root).await;
+                    (output, file)
+                });
+            }
+            let mut missing = BTreeSet::new();
+            while let Some(done) = tasks.join_next().await {
+                let (output, file) = done.map_err(joined)?;
+                match file? {
                     Some(file) => {
-                        outputs.insert(output.clone(), file);
+                        outputs.insert(output, file);
                     }
                     None => {
-                        status = Status::MissingOutput { path: output.clone() };
-                        outputs.clear();
-                        break;
+                        missing.insert(output);
                     }
                 }
             }
+            if let Some(path) = missing.pop_first() {
+                status = Status::MissingOutput { path };
+                outputs.clear();
+            }
         }
+        let (stdout, stderr) = captured.await.map_err(joined)??;
         let reduction = self.reduction(hash, status, outputs, stdout, stderr, &run);
         // Last: every blob the reduction names is already in the store.
         self.store.put_reduction(&reduction).await?;
@@ -391,7 +413,8 @@ impl Executor {
     }
 
     async fn materialize(&self, thunk: &Thunk, root: &Path) -> Result<(), ExecError> {
-        self.prefetch(thunk).await?;
+        let links = self.resolve_links(thunk).await?;
+        self.prefetch(thunk, &links).await?;
         let mut symlinks = Vec::new();
         for (path, input) in &thunk.inputs {
             make_parents(root, path)?;
@@ -400,20 +423,8 @@ impl Executor {
                 Input::Blob { hash, size, executable } => {
                     self.place_blob(path, *hash, *size, *executable, &dest).await?
                 }
-                Input::Link { thunk: producer, output } => {
-                    let reduction = self
-                        .store
-                        .get_reduction(*producer)
-                        .await?
-                        .ok_or_else(|| ExecError::LinkNotForced { input: path.clone(), thunk: *producer })?;
-                    if !reduction.succeeded() {
-                        return Err(ExecError::LinkFailed { input: path.clone(), thunk: *producer });
-                    }
-                    let file = reduction.outputs.get(output).ok_or_else(|| ExecError::LinkMissingOutput {
-                        input: path.clone(),
-                        thunk: *producer,
-                        output: output.clone(),
-                    })?;
+                Input::Link { .. } => {
+                    let file = links[path];
                     self.place_blob(path, file.hash, file.size, file.executable, &dest).await?;
                 }
                 Input::Symlink { target } => {
@@ -439,24 +450,65 @@ impl Executor {
         Ok(())
     }
 
+    /// The file behind every link input, from its producer's reduction. The reductions are read at
+    /// once, each once: a crate links to dozens of producers, and a remote store answers each read in
+    /// milliseconds.
+    async fn resolve_links(&self, thunk: &Thunk) -> Result<BTreeMap<SandboxPath, OutputFile>, ExecError> {
+        let producers: BTreeSet<Hash> = thunk
+            .inputs
+            .values()
+            .filter_map(|input| match input {
+                Input::Link { thunk, .. } => Some(*thunk),
+                _ => None,
+            })
+            .collect();
+        let limit = Arc::new(tokio::sync::Semaphore::new(PREFETCH_JOBS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for producer in producers {
+            let (store, limit) = (self.store.clone(), Arc::clone(&limit));
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                (producer, store.get_reduction(producer).await)
+            });
+        }
+        let mut reductions = HashMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (producer, reduction) = joined.map_err(|e| ExecError::Sandbox {
+                context: "reading the reductions of linked thunks".into(),
+                source: io::Error::other(e),
+            })?;
+            reductions.insert(producer, reduction?);
+        }
+        let mut links = BTreeMap::new();
+        for (path, input) in &thunk.inputs {
+            let Input::Link { thunk: producer, output } = input else { continue };
+            let reduction = reductions[producer]
+                .as_ref()
+                .ok_or_else(|| ExecError::LinkNotForced { input: path.clone(), thunk: *producer })?;
+            if !reduction.succeeded() {
+                return Err(ExecError::LinkFailed { input: path.clone(), thunk: *producer });
+            }
+            let file = reduction.outputs.get(output).ok_or_else(|| ExecError::LinkMissingOutput {
+                input: path.clone(),
+                thunk: *producer,
+                output: output.clone(),
+            })?;
+            links.insert(path.clone(), *file);
+        }
+        Ok(links)
+    }
+
     /// Fetches every blob input the local cache lacks, [`PREFETCH_JOBS`] at a time (a remote store
-    /// answers each request in tens of milliseconds; one at a time, a crate with many inputs would wait
+    /// answers each request in milliseconds; one at a time, a crate with many inputs would wait
     /// seconds). Materializing then finds them all in the cache.
-    async fn prefetch(&self, thunk: &Thunk) -> Result<(), ExecError> {
+    async fn prefetch(&self, thunk: &Thunk, links: &BTreeMap<SandboxPath, OutputFile>) -> Result<(), ExecError> {
         let mut wanted = Vec::new();
         for (path, input) in &thunk.inputs {
             match input {
                 Input::Blob { hash, size, executable } => wanted.push((path.clone(), *hash, *size, *executable)),
-                Input::Link { thunk: producer, output } => {
-                    let file = self
-                        .store
-                        .get_reduction(*producer)
-                        .await?
-                        .and_then(|reduction| reduction.outputs.get(output).copied());
-                    // A missing or failed producer is reported by `materialize`, with its reason.
-                    if let Some(file) = file {
-                        wanted.push((path.clone(), file.hash, file.size, file.executable));
-                    }
+                Input::Link { .. } => {
+                    let file = links[path];
+                    wanted.push((path.clone(), file.hash, file.size, file.executable));
                 }
                 Input::Symlink { .. } => {}
             }

@@ -222,6 +222,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             "lambda": lambda_stats.map(|stats| json!({
                 "invocations": stats.invocations,
                 "cold_starts": stats.cold_starts,
+                "cold_start_ms": stats.cold_start_ms,
                 "overhead_ms_median": stats.median_ms,
                 "overhead_ms_p95": stats.p95_ms,
             })),
@@ -418,6 +419,8 @@ struct ForceReport {
 struct LambdaStats {
     invocations: usize,
     cold_starts: usize,
+    /// The longest time an instance took to fetch and unpack the toolchain.
+    cold_start_ms: u64,
     median_ms: u64,
     p95_ms: u64,
 }
@@ -433,6 +436,7 @@ impl LambdaStats {
         LambdaStats {
             invocations: samples.len(),
             cold_starts: samples.iter().filter(|sample| sample.cold).count(),
+            cold_start_ms: samples.iter().filter(|s| s.cold).map(|s| s.toolchain_ms).max().unwrap_or(0),
             median_ms: at(0.5),
             p95_ms: at(0.95),
         }
