@@ -24,9 +24,6 @@ use crate::scan::{self, Found};
 /// How long a rustc thunk may run: generous, since a large crate with LTO takes minutes.
 const TIMEOUT_MS: u64 = 60 * 60 * 1000;
 
-/// The linker driver rustc calls (`cc`) is found on this PATH.
-const LINKER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
 /// Variables cargo sets for rustc that a crate may read with `env!`.
 const CARGO_VARS: &[&str] = &[
     "CARGO",
@@ -353,7 +350,7 @@ pub async fn model(call: &Call, context: &Context<'_>) -> Result<Modelled, Model
             env.insert(name, sandbox_arg(value));
         }
     }
-    env.insert("PATH".into(), LINKER_PATH.into());
+    env.insert("PATH".into(), thunk::toolchain::LINKER_PATH.into());
     // A real path compiled in as a value (`env!("CARGO_MANIFEST_DIR")`) would be the sandbox's path
     // anywhere but in place.
     let placement = if found.env_values.iter().any(|name| env.get(name).is_some_and(|v| v.contains(SANDBOX_TOKEN))) {

@@ -163,16 +163,79 @@ fn the_function_refuses_what_it_cannot_run_with_a_final_answer() {
     assert!(!retryable && message.contains("s3://BUCKET/PREFIX"), "{message}");
 }
 
-#[test]
-fn the_layer_is_packed_and_uploaded_once_and_the_function_can_use_it() {
-    let cloud = Cloud::new();
-    let layer = |cache: &str| {
+impl Cloud {
+    /// `cargo lambdabuild layer --json` on the machine whose cache is `cache`.
+    fn layer(&self, cache: &str) -> serde_json::Value {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-lambdabuild"));
-        crate::support::hygienic(&mut command).args(["lambdabuild", "layer", "--json"]).envs(cloud.env(cache));
+        crate::support::hygienic(&mut command).args(["lambdabuild", "layer", "--json"]).envs(self.env(cache));
         let output = command.output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    }
+
+    /// The bucket as a store, straight to the server.
+    fn store(&self) -> thunk::Store {
+        let location = store_s3::S3Location::parse(self.store.strip_prefix("s3://").unwrap()).unwrap();
+        let config = self.services.sdk_config(&self.services.endpoint);
+        let backend = store_s3::S3Backend::with_config(location, store_s3::S3Options::default(), &config);
+        thunk::Store::new(std::sync::Arc::new(backend))
+    }
+}
+
+#[test]
+fn the_function_has_no_compiler_of_its_host_and_links_with_the_layer() {
+    let cloud = Cloud::new();
+    assert!(cloud.services.function_hermetic, "dev-services could not run the function in bubblewrap");
+    let toolchain: thunk::Hash = cloud.layer("laptop")["hash"].as_str().unwrap().parse().unwrap();
+    let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().unwrap().stdout;
+    let sysroot = String::from_utf8(sysroot).unwrap().trim().to_owned();
+    // What the function's thunks see of the machine it runs on.
+    let probe = format!(
+        "#!/bin/sh
+{{
+         if /usr/bin/cc --version >/dev/null 2>&1; then echo 'host cc: runs'; else echo 'host cc: unusable'; fi
+         if [ -z \"$(ls -A /usr/lib/gcc)\" ]; then echo 'gcc: hidden'; else echo 'gcc: present'; fi
+         if [ -s /usr/lib/x86_64-linux-gnu/crti.o ]; then echo 'crti.o: present'; else echo 'crti.o: hidden'; fi
+         if [ -e {sysroot}/bin/rustc ]; then echo 'rustup: present'; else echo 'rustup: hidden'; fi
+         echo \"cc on PATH: $(command -v cc | sed 's|.*/_toolchain/|_toolchain/|')\"
+         }} > out.txt
+"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = cloud.store();
+    let script = runtime.block_on(store.put_blob(probe.as_bytes())).unwrap();
+    let thunk = Thunk {
+        toolchain,
+        program: ProgramPath(SandboxPath::new("probe.sh").unwrap()),
+        args: Vec::new(),
+        cwd: None,
+        env: BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]),
+        inputs: BTreeMap::from([(
+            SandboxPath::new("probe.sh").unwrap(),
+            thunk::Input::Blob { hash: script, size: probe.len() as u64, executable: true },
+        )]),
+        outputs: BTreeSet::from([SandboxPath::new("out.txt").unwrap()]),
+        timeout_ms: 10_000,
+        memory: MemoryClass::Standard,
+        placement: Placement::Anywhere,
     };
+    let invocation = serde_json::to_value(Invocation::new(&cloud.store, thunk.hash(), &thunk)).unwrap();
+    let InvocationResult::Reduced { reduction, .. } = cloud.invoke(&invocation) else { panic!("not reduced") };
+    assert!(reduction.succeeded(), "{reduction:?}");
+    let out = reduction.outputs[&SandboxPath::new("out.txt").unwrap()];
+    let seen = String::from_utf8(runtime.block_on(store.get_blob(out.hash)).unwrap()).unwrap();
+    assert_eq!(
+        seen,
+        "host cc: unusable\ngcc: hidden\ncrti.o: hidden\nrustup: hidden\ncc on PATH: _toolchain/linker/bin/cc\n"
+    );
+    // There, the fixture workspace's bins, tests, cdylib and staticlib link byte-identical to plain
+    // cargo's: `the_workspace_built_on_lambda_links_byte_identical_to_plain_cargo`.
+}
+
+#[test]
+fn the_layer_is_packed_deterministically_and_uploaded_once() {
+    let cloud = Cloud::new();
+    let layer = |cache: &str| cloud.layer(cache);
     let first = layer("laptop");
     let key = first["key"].as_str().unwrap();
     let size = first["size"].as_u64().unwrap();

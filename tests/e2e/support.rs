@@ -309,6 +309,8 @@ pub struct DevServices {
     pub lambda_endpoint: String,
     /// The function's name there.
     pub function: String,
+    /// Whether the function runs in bubblewrap, without the host's compiler and toolchains.
+    pub function_hermetic: bool,
 }
 
 /// The services, shared by every test of this process.
@@ -330,6 +332,7 @@ pub fn dev_services() -> &'static DevServices {
             data: PathBuf::from(get("LAMBDABUILD_DEV_S3_DATA")),
             lambda_endpoint: get("AWS_ENDPOINT_URL_LAMBDA"),
             function: get("LAMBDABUILD_FUNCTION"),
+            function_hermetic: get("LAMBDABUILD_DEV_FUNCTION_HERMETIC") == "1",
         }
     })
 }

@@ -233,7 +233,17 @@ impl Executor {
             source: io::ErrorKind::InvalidInput.into(),
         })?;
         let cwd = thunk.cwd.as_ref().map_or_else(|| root.clone(), |cwd| cwd.under(&root));
-        let launch = Launch::new(thunk, root_text, thunk.program.0.under(&root), cwd, sandbox.path());
+        let mut launch = Launch::new(thunk, root_text, thunk.program.0.under(&root), cwd, sandbox.path());
+        // The toolchain's own linker driver comes first: a bin links with the toolchain's linker
+        // closure, never with what this machine may or may not have.
+        let linker = Path::new(TOOLCHAIN_DIR).join(crate::toolchain::LINKER_DIR).join("bin");
+        if toolchain.join(crate::toolchain::LINKER_DIR).join("bin/cc").is_file() {
+            let linker = root.join(linker).display().to_string();
+            match launch.env.iter_mut().find(|(name, _)| name == "PATH") {
+                Some((_, path)) => *path = format!("{linker}:{path}"),
+                None => launch.env.push(("PATH".into(), linker)),
+            }
+        }
         let run = run(thunk, hash, launch).await?;
 
         // Everything is stored at once: with a remote store each blob costs a round trip or two.

@@ -1,8 +1,17 @@
 //! Naming the local toolchain: which sysroot files a thunk needs, their manifest (hashed through the
 //! persistent hash cache), and a materialized tree of exactly those files for the local executor.
+//!
+//! The toolchain also carries a *linker closure* under `linker/`: the host's C compiler driver (`cc`,
+//! which rustc links through), gcc's helpers and startup files, and the C library's development files,
+//! at their host paths below `linker/`, and `linker/bin/cc`, a script that runs that driver with
+//! `linker/` as its sysroot. In a sandbox the executor puts `linker/bin` first on PATH, so a binary
+//! links with nothing from the machine it runs on (a Lambda function has no compiler), byte-identical
+//! to linking on the host. In place, rustc keeps using the host's `cc`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,6 +21,111 @@ use crate::manifest::{ToolchainFile, ToolchainManifest};
 use crate::path::SandboxPath;
 use crate::store::{Store, StoreError};
 use crate::workdir::Workdir;
+
+/// The PATH on which rustc finds its linker driver (`cc`); thunks carry it.
+pub const LINKER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Where the linker closure lives in a toolchain tree.
+pub const LINKER_DIR: &str = "linker";
+
+/// Files of gcc's own directory a link may use: the linker, its helpers, startup files and libgcc.
+const GCC_FILES: &[&str] = &[
+    "collect2",
+    "lto-wrapper",
+    "liblto_plugin.so",
+    "crtbegin.o",
+    "crtbeginS.o",
+    "crtbeginT.o",
+    "crtend.o",
+    "crtendS.o",
+    "libgcc.a",
+    "libgcc_eh.a",
+    "libgcc_s.so",
+];
+
+/// Files of the C library a Rust program links against (`-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc`
+/// and the startup files), where the multiarch library directories have them. The static C library
+/// itself stays out: only `crt-static` builds need it.
+const LIBC_FILES: &[&str] = &[
+    "Scrt1.o",
+    "crt1.o",
+    "crti.o",
+    "crtn.o",
+    "libc.so",
+    "libc.so.6",
+    "libc_nonshared.a",
+    "libm.so",
+    "libm.so.6",
+    "libmvec.so",
+    "libmvec.so.1",
+    "libgcc_s.so.1",
+    "libutil.a",
+    "libutil.so",
+    "libutil.so.1",
+    "librt.a",
+    "librt.so",
+    "librt.so.1",
+    "libpthread.a",
+    "libpthread.so",
+    "libpthread.so.0",
+    "libdl.a",
+    "libdl.so",
+    "libdl.so.2",
+];
+
+/// Where a file of the toolchain tree comes from.
+enum Source {
+    /// A file of this machine (of the sysroot, or of the linker closure).
+    File(PathBuf),
+    /// Written by cargo-lambdabuild: the linker driver's wrapper.
+    Generated(Vec<u8>),
+}
+
+/// The linker closure of this machine: `linker/…` paths with their host files, and the wrapper. `None`
+/// when there is no `cc` or it does not look like gcc (the toolchain then has no closure, and a
+/// sandbox links with whatever `cc` it finds).
+fn linker_closure() -> Option<(Vec<(String, PathBuf)>, Vec<u8>)> {
+    let cc = LINKER_PATH.split(':').map(|dir| Path::new(dir).join("cc")).find(|path| path.is_file())?;
+    let driver = fs::canonicalize(&cc).ok()?;
+    let ask = |flag: &str| -> Option<String> {
+        let output = Command::new(&driver).arg(flag).output().ok()?;
+        let text = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+        (output.status.success() && !text.is_empty()).then_some(text)
+    };
+    let gcc_dir = PathBuf::from(ask("-print-libgcc-file-name")?).parent()?.to_owned();
+    let multiarch = ask("-print-multiarch")?;
+    let mut wanted: Vec<PathBuf> = vec![driver.clone()];
+    wanted.extend(GCC_FILES.iter().map(|name| gcc_dir.join(name)));
+    for dir in [format!("/usr/lib/{multiarch}"), format!("/lib/{multiarch}")] {
+        wanted.extend(LIBC_FILES.iter().map(|name| Path::new(&dir).join(name)));
+    }
+    let mut files = std::collections::BTreeMap::new();
+    while let Some(path) = wanted.pop() {
+        let Ok(real) = fs::canonicalize(&path) else { continue };
+        if !real.is_file() || !path.is_absolute() {
+            continue;
+        }
+        let relative = format!("{LINKER_DIR}{}", path.display());
+        if files.contains_key(&relative) {
+            continue;
+        }
+        // A linker script names other files by absolute path, resolved inside the sysroot.
+        if let Ok(text) = fs::read_to_string(&real)
+            && text.contains("GROUP")
+        {
+            wanted.extend(text.split_whitespace().filter(|word| word.starts_with('/')).map(PathBuf::from));
+        }
+        files.insert(relative, real);
+    }
+    let wrapper = format!(
+        "#!/bin/sh\n\
+         # cargo-lambdabuild: the linker driver of this toolchain, with the toolchain's linker/ as sysroot.\n\
+         here=$(dirname \"$0\")\n\
+         exec \"$here/..{}\" --sysroot=\"$here/..\" \"$@\"\n",
+        driver.display()
+    );
+    Some((files.into_iter().collect(), wrapper.into_bytes()))
+}
 
 /// A toolchain of this machine, named and ready for the local executor.
 #[derive(Debug, Clone)]
@@ -103,26 +217,47 @@ pub async fn name_local_toolchain(
     let (host, release) = probe(&rustc)?;
     let mut all_targets = vec![host.clone()];
     all_targets.extend(targets.iter().filter(|t| **t != host).cloned());
-    let files = select_files(sysroot, &host, &all_targets)?;
+    let mut sources: Vec<(SandboxPath, Source)> = select_files(sysroot, &host, &all_targets)?
+        .into_iter()
+        .map(|relative| {
+            let path = sysroot.join(relative.as_str());
+            (relative, Source::File(path))
+        })
+        .collect();
+    if let Some((files, wrapper)) = linker_closure() {
+        let named = |relative: &str| {
+            SandboxPath::new(relative)
+                .map_err(|e| ToolchainError::NotASysroot { sysroot: sysroot.to_owned(), missing: e.to_string() })
+        };
+        for (relative, path) in files {
+            sources.push((named(&relative)?, Source::File(path)));
+        }
+        sources.push((named(&format!("{LINKER_DIR}/bin/cc"))?, Source::Generated(wrapper)));
+    }
 
     let cache = workdir.hash_cache();
     let mut manifest = ToolchainManifest::new(host, release, all_targets);
-    let mut stats = Vec::with_capacity(files.len());
+    let mut stats = BTreeMap::new();
     let mut files_hashed = 0;
-    for relative in files {
-        let path = sysroot.join(relative.as_str());
-        let digest = cache.digest(&path).map_err(|source| ToolchainError::Io { path: path.clone(), source })?;
-        manifest
-            .files
-            .insert(relative, ToolchainFile { hash: digest.hash, size: digest.size, executable: digest.executable });
-        stats.push(digest.stat);
-        files_hashed += usize::from(!digest.from_cache);
+    for (relative, source) in &sources {
+        let file = match source {
+            Source::File(path) => {
+                let digest = cache.digest(path).map_err(|source| ToolchainError::Io { path: path.clone(), source })?;
+                stats.insert(relative.clone(), digest.stat);
+                files_hashed += usize::from(!digest.from_cache);
+                ToolchainFile { hash: digest.hash, size: digest.size, executable: digest.executable }
+            }
+            Source::Generated(bytes) => {
+                ToolchainFile { hash: Hash::of(bytes), size: bytes.len() as u64, executable: true }
+            }
+        };
+        manifest.files.insert(relative.clone(), file);
     }
     let manifest_bytes = manifest.canonical_bytes();
     let hash = store.put_blob(&manifest_bytes).await?;
     let dir = workdir.toolchain_dir(hash);
     if !dir.exists() {
-        materialize(sysroot, &manifest, &stats, workdir, &dir)?;
+        materialize(&sources, &manifest, &stats, workdir, &dir)?;
     }
     Ok(LocalToolchain { hash, manifest, dir, files_hashed })
 }
@@ -217,12 +352,12 @@ fn walk(
 }
 
 /// Builds the tree in a temporary directory and renames it into place, so a tree that exists is whole.
-/// Files are hard links into the sysroot where the filesystem allows (checked to be the very inode that
-/// was hashed), copies otherwise (hashed again).
+/// Files are hard links to their source where the filesystem allows (checked to be the very inode that
+/// was hashed), copies otherwise (hashed again); generated files are written.
 fn materialize(
-    sysroot: &Path,
+    sources: &[(SandboxPath, Source)],
     manifest: &ToolchainManifest,
-    stats: &[StatKey],
+    stats: &BTreeMap<SandboxPath, StatKey>,
     workdir: &Workdir,
     dir: &Path,
 ) -> Result<(), ToolchainError> {
@@ -232,19 +367,31 @@ fn materialize(
         move |source| ToolchainError::Io { path, source }
     };
     let temp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&parent).map_err(io_error(&parent))?;
-    for ((relative, file), stat) in manifest.files.iter().zip(stats) {
-        let source = sysroot.join(relative.as_str());
+    for (relative, source) in sources {
+        let file = &manifest.files[relative];
         let target = temp.path().join(relative.as_str());
         let target_dir = target.parent().expect("toolchain files live in directories");
         fs::create_dir_all(target_dir).map_err(io_error(target_dir))?;
-        let verified = if fs::hard_link(&source, &target).is_ok() {
-            fs::metadata(&target).map(|m| StatKey::of(&m) == *stat).map_err(io_error(&target))?
-        } else {
-            fs::copy(&source, &target).map_err(io_error(&source))?;
-            Hash::of_file(&target).map_err(io_error(&target))?.0 == file.hash
+        let verified = match source {
+            Source::File(source) if fs::hard_link(source, &target).is_ok() => fs::metadata(&target)
+                .map(|m| Some(StatKey::of(&m)) == stats.get(relative).copied())
+                .map_err(io_error(&target))?,
+            Source::File(source) => {
+                fs::copy(source, &target).map_err(io_error(source))?;
+                Hash::of_file(&target).map_err(io_error(&target))?.0 == file.hash
+            }
+            Source::Generated(bytes) => {
+                fs::write(&target, bytes).map_err(io_error(&target))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).map_err(io_error(&target))?;
+                true
+            }
         };
         if !verified {
-            return Err(ToolchainError::Changed { path: source });
+            let path = match source {
+                Source::File(path) => path.clone(),
+                Source::Generated(_) => target,
+            };
+            return Err(ToolchainError::Changed { path });
         }
     }
     let temp = temp.keep();
