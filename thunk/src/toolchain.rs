@@ -81,10 +81,18 @@ enum Source {
     Generated(Vec<u8>),
 }
 
+/// The files a sandbox links with, and the driver's wrapper.
+struct LinkerClosure {
+    /// `linker/<host path>` and the host file (symlinks resolved).
+    files: Vec<(String, PathBuf)>,
+    /// `linker/bin/cc`.
+    wrapper: Vec<u8>,
+}
+
 /// The linker closure of this machine: `linker/…` paths with their host files, and the wrapper. `None`
 /// when there is no `cc` or it does not look like gcc (the toolchain then has no closure, and a
 /// sandbox links with whatever `cc` it finds).
-fn linker_closure() -> Option<(Vec<(String, PathBuf)>, Vec<u8>)> {
+fn linker_closure() -> Option<LinkerClosure> {
     let cc = LINKER_PATH.split(':').map(|dir| Path::new(dir).join("cc")).find(|path| path.is_file())?;
     let driver = fs::canonicalize(&cc).ok()?;
     let ask = |flag: &str| -> Option<String> {
@@ -124,7 +132,7 @@ fn linker_closure() -> Option<(Vec<(String, PathBuf)>, Vec<u8>)> {
          exec \"$here/..{}\" --sysroot=\"$here/..\" \"$@\"\n",
         driver.display()
     );
-    Some((files.into_iter().collect(), wrapper.into_bytes()))
+    Some(LinkerClosure { files: files.into_iter().collect(), wrapper: wrapper.into_bytes() })
 }
 
 /// A toolchain of this machine, named and ready for the local executor.
@@ -224,7 +232,7 @@ pub async fn name_local_toolchain(
             (relative, Source::File(path))
         })
         .collect();
-    if let Some((files, wrapper)) = linker_closure() {
+    if let Some(LinkerClosure { files, wrapper }) = linker_closure() {
         let named = |relative: &str| {
             SandboxPath::new(relative)
                 .map_err(|e| ToolchainError::NotASysroot { sysroot: sysroot.to_owned(), missing: e.to_string() })
