@@ -70,6 +70,46 @@ pub enum Command {
     Toolchain(ToolchainArgs),
     /// Pack the local toolchain into the layer the Lambda function unpacks, and put it in the store
     Layer(LayerArgs),
+    /// Create or update the Lambda function `--engine lambda=N` invokes, and print its role's policy
+    Deploy(Box<DeployArgs>),
+}
+
+/// `cargo lambdabuild deploy`: flags, else variables, else the config file's `[deploy]` table.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The function's name
+    #[arg(long, value_name = "NAME", env = "LAMBDABUILD_FUNCTION", default_value = crate::engine::lambda::DEFAULT_FUNCTION)]
+    pub function: String,
+    /// The IAM role the function runs as (needed to create it); see --policy-only for what it needs
+    #[arg(long, value_name = "ARN", env = "LAMBDABUILD_ROLE")]
+    pub role: Option<String>,
+    /// Memory in MB (Lambda gives CPU in proportion: about 2 vCPUs at 3008) [default: 3008]
+    #[arg(long, value_name = "MB", env = "LAMBDABUILD_MEMORY_MB")]
+    pub memory: Option<u32>,
+    /// Ephemeral storage (/tmp) in MB: the unpacked toolchain and a cache of blobs [default: 4096]
+    #[arg(long, value_name = "MB", env = "LAMBDABUILD_EPHEMERAL_STORAGE_MB")]
+    pub ephemeral_storage: Option<u32>,
+    /// Timeout of one invocation (one thunk), in seconds [default: 900]
+    #[arg(long, value_name = "SECONDS", env = "LAMBDABUILD_TIMEOUT_S")]
+    pub timeout: Option<u32>,
+    /// x86_64 or arm64: must be this machine's, whose toolchain the function runs [default: this machine's]
+    #[arg(long, value_name = "ARCH")]
+    pub architecture: Option<String>,
+    /// The function's executable [default: lambdabuild-bootstrap beside this program]
+    #[arg(long, value_name = "PATH")]
+    pub bootstrap: Option<PathBuf>,
+    /// The config file [default: $XDG_CONFIG_HOME/lambdabuild/config.toml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Also pack the standard library for this target (repeatable)
+    #[arg(long = "target", value_name = "TRIPLE")]
+    pub targets: Vec<String>,
+    /// Only print the IAM policy the function's role needs, and change nothing
+    #[arg(long)]
+    pub policy_only: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cargo lambdabuild layer`.

@@ -42,6 +42,9 @@ fn run(cli: cli::Cli, shell: &shell::Shell) -> anyhow::Result<ExitCode> {
             Some(cli::Command::Toolchain(args)) => {
                 ops::toolchain::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
             }
+            Some(cli::Command::Deploy(args)) => {
+                ops::deploy::run(&cli.global, *args, shell).await.map(|()| ExitCode::SUCCESS)
+            }
             Some(cli::Command::Layer(args)) => {
                 ops::layer::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
             }

@@ -43,6 +43,13 @@ impl Shell {
         }
     }
 
+    /// `note: …`, unless quiet.
+    pub fn note(&self, message: &str) {
+        if !self.quiet {
+            self.write_stderr(&format!("{NOTE}note{NOTE:#}: {message}\n"));
+        }
+    }
+
     /// `error: …`, always shown.
     pub fn error(&self, message: &str) {
         self.write_stderr(&format!("{ERROR}error{ERROR:#}: {message}\n"));

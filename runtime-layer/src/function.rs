@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use lambda_runtime::{LambdaEvent, service_fn};
 use store_s3::{S3Options, StoreSpec};
 use thunk::exec::{ExecError, Executor};
 use thunk::remote::{Invocation, InvocationResult, PROTOCOL_VERSION, Timings};
@@ -29,6 +30,28 @@ pub const DEFAULT_CACHE_DIR: &str = "/tmp/lambdabuild";
 /// The cache's bound when `LAMBDABUILD_CACHE_LIMIT_MB` is not set. Toolchains are not counted: the one
 /// in use is needed, and an instance rarely sees a second one.
 pub const DEFAULT_CACHE_LIMIT: u64 = 2 << 30;
+
+/// Serves invocations as a Lambda custom runtime until the runtime API goes away: the whole of the
+/// function's `bootstrap`. Settings come from the function's environment: `LAMBDABUILD_CACHE_DIR`,
+/// `LAMBDABUILD_CACHE_LIMIT_MB`, the standard AWS variables for S3, and `AWS_LAMBDA_MAX_CONCURRENCY`
+/// (above 1, one process serves that many invocations at once: Lambda managed instances, or the local
+/// emulator).
+pub fn serve() -> Result<(), lambda_runtime::Error> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_runtime())
+}
+
+async fn run_runtime() -> Result<(), lambda_runtime::Error> {
+    let cache_dir = thunk::env::var("LAMBDABUILD_CACHE_DIR").unwrap_or_else(|| DEFAULT_CACHE_DIR.to_owned());
+    let cache_limit = thunk::env::var("LAMBDABUILD_CACHE_LIMIT_MB")
+        .and_then(|mb| mb.parse::<u64>().ok())
+        .map_or(DEFAULT_CACHE_LIMIT, |mb| mb << 20);
+    let function = Arc::new(Function::new(cache_dir.into(), cache_limit));
+    let handler = service_fn(move |event: LambdaEvent<Invocation>| {
+        let function = Arc::clone(&function);
+        async move { Ok::<InvocationResult, lambda_runtime::Error>(function.handle(event.payload).await) }
+    });
+    lambda_runtime::run_concurrent(handler).await
+}
 
 /// A failure to report: its message, and whether another attempt may succeed.
 struct Failure {

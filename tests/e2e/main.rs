@@ -3,6 +3,7 @@
 
 mod build;
 mod cli;
+mod deploy;
 mod lambda;
 mod proxy;
 mod ripgrep;

@@ -311,6 +311,8 @@ pub struct DevServices {
     pub function: String,
     /// Whether the function runs in bubblewrap, without the host's compiler and toolchains.
     pub function_hermetic: bool,
+    /// moto's server, for the Lambda control plane.
+    pub moto_endpoint: String,
 }
 
 /// The services, shared by every test of this process.
@@ -333,6 +335,7 @@ pub fn dev_services() -> &'static DevServices {
             lambda_endpoint: get("AWS_ENDPOINT_URL_LAMBDA"),
             function: get("LAMBDABUILD_FUNCTION"),
             function_hermetic: get("LAMBDABUILD_DEV_FUNCTION_HERMETIC") == "1",
+            moto_endpoint: get("LAMBDABUILD_DEV_MOTO_ENDPOINT"),
         }
     })
 }

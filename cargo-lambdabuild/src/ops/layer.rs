@@ -8,24 +8,36 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::json;
 use thunk::ObjectKey;
-use thunk::toolchain::{name_local_toolchain, query_sysroot};
+use thunk::toolchain::{LocalToolchain, name_local_toolchain, query_sysroot};
 
 use crate::cli::{GlobalArgs, LayerArgs};
 use crate::shell::{Shell, human_bytes};
-use crate::upload::upload_toolchain;
+use crate::upload::{UploadReport, upload_toolchain};
 
-pub async fn run(global: &GlobalArgs, args: LayerArgs, shell: &Shell) -> anyhow::Result<()> {
-    let opened = super::open_store(global).await?;
-    let rustc = args.rustc.map_or_else(|| OsString::from("rustc"), OsString::from);
-    let started = Instant::now();
+/// The local toolchain of `rustc`, named, packed, and in the store: with the layer's size and what
+/// the upload sent.
+pub async fn pack_and_store(
+    global: &GlobalArgs,
+    opened: &super::OpenStore,
+    rustc: OsString,
+    targets: &[String],
+) -> anyhow::Result<(LocalToolchain, u64, UploadReport)> {
     let sysroot = query_sysroot(&rustc, &std::env::current_dir()?)?;
-    let toolchain = name_local_toolchain(&sysroot, &args.targets, &opened.workdir, &opened.local)
+    let toolchain = name_local_toolchain(&sysroot, targets, &opened.workdir, &opened.local)
         .await
         .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
     let local = thunk::LocalBackend::open(&opened.dir).context("cannot open the local store")?;
     let (size, uploaded) =
         upload_toolchain(&opened.store, &opened.workdir, &local, toolchain.hash, global.upload_jobs, !global.quiet)
             .await?;
+    Ok((toolchain, size, uploaded))
+}
+
+pub async fn run(global: &GlobalArgs, args: LayerArgs, shell: &Shell) -> anyhow::Result<()> {
+    let opened = super::open_store(global).await?;
+    let rustc = args.rustc.map_or_else(|| OsString::from("rustc"), OsString::from);
+    let started = Instant::now();
+    let (toolchain, size, uploaded) = pack_and_store(global, &opened, rustc, &args.targets).await?;
     let seconds = started.elapsed().as_secs_f64();
     let key = ObjectKey::Toolchain(toolchain.hash);
     let store = opened.remote.clone().unwrap_or_else(|| opened.dir.display().to_string());

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run`. Shared here: opening the store the user named.
 
 pub mod build;
+pub mod deploy;
 pub mod describe;
 pub mod layer;
 pub mod toolchain;
