@@ -142,15 +142,15 @@ impl Function {
         let toolchain_started = Instant::now();
         let cold = self.obtain_toolchain(&opened, &invocation.store, thunk.toolchain).await?;
         let toolchain_ms = toolchain_started.elapsed().as_millis() as u64;
-        let fetch_started = Instant::now();
+        let executor_started = Instant::now();
         let executor = Executor::new(opened.store.clone(), opened.workdir.clone(), "lambda");
         let reduction = executor.execute(&thunk).await.map_err(Failure::of_exec)?;
         // The executor fetches, runs and stores in one call; what is not the run is the overhead.
-        let fetch_ms = (fetch_started.elapsed().as_millis() as u64).saturating_sub(reduction.duration_ms);
+        let executor_ms = (executor_started.elapsed().as_millis() as u64).saturating_sub(reduction.duration_ms);
         let timings = Timings {
             toolchain_ms,
             cold,
-            fetch_ms,
+            executor_ms,
             run_ms: reduction.duration_ms,
             total_ms: started.elapsed().as_millis() as u64,
         };

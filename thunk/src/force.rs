@@ -4,9 +4,9 @@
 //! store has one, and otherwise runs the thunk: on the remote engine when there is one (N at a time,
 //! retrying infrastructure failures with backoff), and on the local engine, in place (see
 //! [`Executor::execute_in_place`]), when there is none, when the remote engine cannot run that thunk,
-//! or when it has failed too often to be worth asking. Several processes may force the same thunks at once (cargo runs
-//! many wrappers, each forcing a build script's dependencies): a lock file per thunk makes one of them
-//! run it while the others wait and then take its reduction.
+//! or when it has failed too often to be worth asking. Several processes may force the same thunks
+//! at once (cargo runs many wrappers, each forcing a build script's dependencies): a lock file per
+//! thunk makes one of them run it while the others wait and then take its reduction.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -74,8 +74,9 @@ pub struct Timings {
     pub toolchain_ms: u64,
     /// Whether this invocation unpacked the toolchain (a cold start of this function instance).
     pub cold: bool,
-    /// Reading the thunk and fetching the inputs the instance's cache lacked.
-    pub fetch_ms: u64,
+    /// The executor's own work: fetching the inputs the instance's cache lacked, preparing the
+    /// sandbox, storing the outputs and the reduction.
+    pub executor_ms: u64,
     /// The program itself (the reduction's `duration_ms`).
     pub run_ms: u64,
     /// Everything from receiving the invocation to answering it.
