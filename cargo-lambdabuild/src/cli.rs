@@ -69,7 +69,7 @@ pub enum Command {
     /// Name the local rustc toolchain: hash its files, store its manifest, prepare it for the executor
     Toolchain(ToolchainArgs),
     /// Pack the local toolchain into the layer the Lambda function unpacks, and put it in the store
-    Layer(LayerArgs),
+    Layer(ToolchainArgs),
     /// Create or update the Lambda function `--engine lambda=N` invokes, and print its role's policy
     Deploy(Box<DeployArgs>),
 }
@@ -112,20 +112,6 @@ pub struct DeployArgs {
     pub json: bool,
 }
 
-/// `cargo lambdabuild layer`.
-#[derive(Debug, Args)]
-pub struct LayerArgs {
-    /// The rustc to pack [default: `rustc` on PATH, through rustup if that is what it is]
-    #[arg(long, value_name = "PATH")]
-    pub rustc: Option<PathBuf>,
-    /// Also pack the standard library for this target (repeatable); it must be installed
-    #[arg(long = "target", value_name = "TRIPLE")]
-    pub targets: Vec<String>,
-    /// Print JSON instead of text
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// `cargo lambdabuild describe`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
@@ -137,10 +123,10 @@ pub struct DescribeArgs {
     pub json: bool,
 }
 
-/// `cargo lambdabuild toolchain`.
+/// `cargo lambdabuild toolchain` and `cargo lambdabuild layer`.
 #[derive(Debug, Args)]
 pub struct ToolchainArgs {
-    /// The rustc to name [default: `rustc` on PATH, through rustup if that is what it is]
+    /// The rustc to name (and pack) [default: `rustc` on PATH, through rustup if that is what it is]
     #[arg(long, value_name = "PATH")]
     pub rustc: Option<PathBuf>,
     /// Also include the standard library for this target (repeatable); it must be installed

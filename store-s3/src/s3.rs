@@ -185,9 +185,17 @@ impl S3Backend {
         if if_absent {
             request = request.if_none_match("*");
         }
-        match request.send().await {
+        self.conditional(request.send().await, if_absent)
+    }
+
+    /// The outcome of a write sent with `If-None-Match: *` when `if_absent`: a 412 means someone wrote
+    /// the same content-addressed object first, which is success.
+    fn conditional<T, E>(&self, result: Result<T, SdkError<E>>, if_absent: bool) -> io::Result<()>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match result {
             Ok(_) => Ok(()),
-            // Someone wrote the same content-addressed object first.
             Err(error) if if_absent && is_status(&error, 412) => Ok(()),
             Err(error) => Err(self.error(&error)),
         }
@@ -220,11 +228,7 @@ impl S3Backend {
                 if if_absent {
                     request = request.if_none_match("*");
                 }
-                match request.send().await {
-                    Ok(_) => Ok(()),
-                    Err(error) if if_absent && is_status(&error, 412) => Ok(()),
-                    Err(error) => Err(self.error(&error)),
-                }
+                self.conditional(request.send().await, if_absent)
             }
             Err(error) => {
                 // Parts of an abandoned upload cost storage until aborted.

@@ -22,6 +22,18 @@ use thunk::{Hash, Reduction, Thunk};
 /// `cargo lambdabuild deploy` creates.
 pub const DEFAULT_FUNCTION: &str = "cargo-lambdabuild";
 
+/// The Lambda client's configuration: the standard AWS configuration (`AWS_ENDPOINT_URL_LAMBDA`
+/// honoured), in `us-east-1` when none names a region.
+pub async fn client_config() -> aws_sdk_lambda::config::Builder {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let builder = aws_sdk_lambda::config::Builder::from(&config);
+    if config.region().is_none() {
+        builder.region(aws_sdk_lambda::config::Region::from_static("us-east-1"))
+    } else {
+        builder
+    }
+}
+
 /// One invocation as the client saw it.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -54,12 +66,7 @@ impl LambdaEngine {
     /// An engine invoking `function` for thunks of the store `store` (`s3://BUCKET/PREFIX`), with the
     /// standard AWS configuration (`AWS_ENDPOINT_URL_LAMBDA` honoured).
     pub async fn connect(function: &str, store: &str) -> LambdaEngine {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let mut builder = aws_sdk_lambda::config::Builder::from(&config)
-            .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled());
-        if config.region().is_none() {
-            builder = builder.region(aws_sdk_lambda::config::Region::from_static("us-east-1"));
-        }
+        let builder = client_config().await.retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled());
         LambdaEngine {
             client: Client::from_conf(builder.build()),
             function: function.to_owned(),

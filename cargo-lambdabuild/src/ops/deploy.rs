@@ -195,12 +195,7 @@ pub async fn run(global: &GlobalArgs, args: DeployArgs, shell: &Shell) -> anyhow
     let zip = function_zip(&bootstrap)?;
 
     // 3. The function.
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let mut builder = aws_sdk_lambda::config::Builder::from(&config);
-    if config.region().is_none() {
-        builder = builder.region(aws_sdk_lambda::config::Region::from_static("us-east-1"));
-    }
-    let client = Client::from_conf(builder.build());
+    let client = Client::from_conf(crate::engine::lambda::client_config().await.build());
     let cache_limit = settings.ephemeral_storage.saturating_sub(RESERVED_STORAGE_MB).max(256);
     let environment = Environment::builder().variables("LAMBDABUILD_CACHE_LIMIT_MB", cache_limit.to_string()).build();
     let name = &settings.function;

@@ -10,7 +10,7 @@ use serde_json::json;
 use thunk::ObjectKey;
 use thunk::toolchain::{LocalToolchain, name_local_toolchain, query_sysroot};
 
-use crate::cli::{GlobalArgs, LayerArgs};
+use crate::cli::{GlobalArgs, ToolchainArgs};
 use crate::shell::{Shell, human_bytes};
 use crate::upload::{UploadReport, upload_toolchain};
 
@@ -33,7 +33,7 @@ pub async fn pack_and_store(
     Ok((toolchain, size, uploaded))
 }
 
-pub async fn run(global: &GlobalArgs, args: LayerArgs, shell: &Shell) -> anyhow::Result<()> {
+pub async fn run(global: &GlobalArgs, args: ToolchainArgs, shell: &Shell) -> anyhow::Result<()> {
     let opened = super::open_store(global).await?;
     let rustc = args.rustc.map_or_else(|| OsString::from("rustc"), OsString::from);
     let started = Instant::now();
