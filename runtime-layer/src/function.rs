@@ -93,6 +93,8 @@ pub struct Function {
     stores: Mutex<HashMap<String, Arc<Opened>>>,
     /// Held while a toolchain is fetched and unpacked, so concurrent invocations do it once.
     toolchains: Mutex<()>,
+    /// This instance's name in the client's timeline.
+    instance: u64,
 }
 
 struct Opened {
@@ -103,7 +105,12 @@ struct Opened {
 impl Function {
     /// An instance caching in `cache_dir`, at most about `cache_limit` bytes of blobs.
     pub fn new(cache_dir: PathBuf, cache_limit: u64) -> Function {
-        Function { cache_dir, cache_limit, stores: Mutex::new(HashMap::new()), toolchains: Mutex::new(()) }
+        // Random enough to tell instances apart: the clock's nanoseconds and this process.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let seed = format!("{nanos} {} {}", std::process::id(), cache_dir.display());
+        let digest = thunk::Hash::of(seed.as_bytes()).to_hex();
+        let instance = u64::from_str_radix(&digest[..16], 16).unwrap_or_default();
+        Function { cache_dir, cache_limit, stores: Mutex::new(HashMap::new()), toolchains: Mutex::new(()), instance }
     }
 
     /// Handles one invocation; every outcome is an answer (a compile error is a reduction too).
@@ -144,7 +151,7 @@ impl Function {
         let toolchain_ms = toolchain_started.elapsed().as_millis() as u64;
         let executor_started = Instant::now();
         let executor = Executor::new(opened.store.clone(), opened.workdir.clone(), "lambda");
-        let reduction = executor.execute(&thunk).await.map_err(Failure::of_exec)?;
+        let (reduction, phases) = executor.execute_phased(&thunk).await.map_err(Failure::of_exec)?;
         // The executor fetches, runs and stores in one call; what is not the run is the overhead.
         let executor_ms = (executor_started.elapsed().as_millis() as u64).saturating_sub(reduction.duration_ms);
         let timings = Timings {
@@ -153,6 +160,8 @@ impl Function {
             executor_ms,
             run_ms: reduction.duration_ms,
             total_ms: started.elapsed().as_millis() as u64,
+            fetch_ms: phases.fetch_ms,
+            instance: self.instance,
         };
         Ok((reduction, timings))
     }

@@ -73,7 +73,7 @@ impl fmt::Display for S3Location {
 }
 
 /// How the backend talks to S3.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct S3Options {
     /// Requests in flight at most (objects and parts together).
     pub concurrency: usize,
@@ -85,6 +85,8 @@ pub struct S3Options {
     pub max_attempts: u32,
     /// The first retry waits about this long; later ones wait exponentially longer.
     pub initial_backoff: Duration,
+    /// The bucket's region, over the AWS configuration's (`AWS_REGION`, the profile).
+    pub region: Option<String>,
 }
 
 impl Default for S3Options {
@@ -101,6 +103,7 @@ impl Default for S3Options {
             // Enough to ride out throttling; few enough that a dead endpoint is reported in seconds.
             max_attempts: 5,
             initial_backoff: Duration::from_millis(200),
+            region: None,
         }
     }
 }
@@ -137,7 +140,9 @@ impl S3Backend {
             .with_max_attempts(options.max_attempts.max(1))
             .with_initial_backoff(options.initial_backoff);
         let mut config = aws_sdk_s3::config::Builder::from(shared).retry_config(retry);
-        if shared.region().is_none() {
+        if let Some(region) = &options.region {
+            config = config.region(aws_sdk_s3::config::Region::new(region.clone()));
+        } else if shared.region().is_none() {
             config = config.region(aws_sdk_s3::config::Region::from_static("us-east-1"));
         }
         let custom_endpoint = shared.endpoint_url().is_some()

@@ -166,9 +166,30 @@ pub const MIRROR_REMAP: &str = "--remap-path-prefix=@SANDBOX@=/";
 pub struct InPlace {
     /// The outcome; stored only when `undeclared` is empty.
     pub reduction: Reduction,
+    /// Where the time went.
+    pub phases: Phases,
     /// Files rustc read that are not inputs of the thunk: the outputs are right for this machine, but
     /// the thunk does not name all it depends on, so its reduction is not cached.
     pub undeclared: Vec<PathBuf>,
+}
+
+/// Where one execution's time went, in milliseconds: for the timeline of `--timings`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Phases {
+    /// Obtaining the inputs: fetching what the cache lacks, writing links, preparing the sandbox.
+    pub fetch_ms: u64,
+    /// The program itself.
+    pub run_ms: u64,
+    /// Storing the outputs, the captured streams and the reduction.
+    pub store_ms: u64,
+}
+
+impl Phases {
+    fn measured(started: Instant, run_started: Instant, run_ms: u64) -> Phases {
+        let fetch_ms = run_started.duration_since(started).as_millis() as u64;
+        let total_ms = started.elapsed().as_millis() as u64;
+        Phases { fetch_ms, run_ms, store_ms: total_ms.saturating_sub(fetch_ms + run_ms) }
+    }
 }
 
 /// Blob inputs fetched at once when a sandbox is materialized.
@@ -200,6 +221,12 @@ impl Executor {
     /// Runs `thunk` and stores its outputs and then its reduction. A compile error is an `Ok` reduction
     /// with a failed status; `Err` means no reduction was written.
     pub async fn execute(&self, thunk: &Thunk) -> Result<Reduction, ExecError> {
+        self.execute_phased(thunk).await.map(|(reduction, _)| reduction)
+    }
+
+    /// [`Executor::execute`], telling where the time went.
+    pub async fn execute_phased(&self, thunk: &Thunk) -> Result<(Reduction, Phases), ExecError> {
+        let started = Instant::now();
         thunk.validate()?;
         let hash = thunk.hash();
         let toolchain = self.workdir.toolchain_dir(thunk.toolchain);
@@ -244,6 +271,7 @@ impl Executor {
                 None => launch.env.push(("PATH".into(), linker)),
             }
         }
+        let run_started = Instant::now();
         let run = run(thunk, hash, launch).await?;
 
         // Everything is stored at once: with a remote store each blob costs a round trip or two.
@@ -288,7 +316,8 @@ impl Executor {
         let reduction = self.reduction(hash, status, outputs, stdout, stderr, &run);
         // Last: every blob the reduction names is already in the store.
         self.store.put_reduction(&reduction).await?;
-        Ok(reduction)
+        let phases = Phases::measured(started, run_started, reduction.duration_ms);
+        Ok((reduction, phases))
     }
 
     /// Runs `thunk` where its files really are: the sandbox root stands for `/`, so the sandbox path
@@ -304,6 +333,7 @@ impl Executor {
         ready: &std::collections::HashMap<(Hash, SandboxPath), OutputFile>,
         early: Option<EarlyOutput>,
     ) -> Result<InPlace, ExecError> {
+        let started = Instant::now();
         thunk.validate()?;
         let hash = thunk.hash();
         let toolchain = self.workdir.toolchain_dir(thunk.toolchain);
@@ -380,6 +410,7 @@ impl Executor {
                 }
             }));
         }
+        let run_started = Instant::now();
         let run = run(thunk, hash, launch).await?;
 
         let (stdout, stderr) = self.store_captured(capture.path()).await?;
@@ -419,7 +450,8 @@ impl Executor {
         if undeclared.is_empty() {
             self.store.put_reduction(&reduction).await?;
         }
-        Ok(InPlace { reduction, undeclared })
+        let phases = Phases::measured(started, run_started, reduction.duration_ms);
+        Ok(InPlace { reduction, phases, undeclared })
     }
 
     async fn materialize(&self, thunk: &Thunk, root: &Path) -> Result<(), ExecError> {

@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 
 use tokio::sync::{OnceCell, watch};
 
-use crate::exec::{EarlyOutput, ExecError, Executor};
+use crate::exec::{EarlyOutput, ExecError, Executor, Phases};
 use crate::hash::Hash;
 use crate::path::SandboxPath;
 use crate::reduction::{OutputFile, Reduction};
-use crate::remote::{RemoteEngine, RemoteError};
+use crate::remote::{RemoteEngine, RemoteError, RemoteRun};
 use crate::store::{Store, StoreError};
 use crate::thunk::Input;
 use crate::workdir::Workdir;
@@ -66,6 +66,59 @@ pub enum ForceError {
 
 type Outcome = Result<Forced, Arc<ForceError>>;
 
+/// One thunk run by this forcer, for the timeline of `--timings`.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The thunk.
+    pub thunk: Hash,
+    /// Where it ran: `local 1`, `lambda 3f2a9c01`.
+    pub worker: String,
+    /// When it started and ended, from the forcer's creation.
+    pub start: std::time::Duration,
+    /// See `start`.
+    pub end: std::time::Duration,
+    /// Where the time went.
+    pub phases: Phases,
+}
+
+/// How far forcing has got, for a progress bar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Thunks finished (run, taken from the store, or failed).
+    pub done: usize,
+    /// Of those, taken from the store.
+    pub cached: usize,
+    /// Thunks running now, on any engine.
+    pub running: usize,
+    /// Thunks asked for that are waiting for their producers or a slot.
+    pub queued: usize,
+}
+
+/// The counters behind [`Progress`].
+#[derive(Default)]
+struct Counters {
+    started: std::sync::atomic::AtomicUsize,
+    done: std::sync::atomic::AtomicUsize,
+    cached: std::sync::atomic::AtomicUsize,
+    running: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a running thunk until dropped.
+struct Running<'a>(&'a Counters);
+
+impl<'a> Running<'a> {
+    fn start(counters: &'a Counters) -> Running<'a> {
+        counters.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Running(counters)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A thunk as the scheduler sees it.
 struct Shape {
     /// The thunks it links to.
@@ -95,6 +148,12 @@ struct Inner {
     /// Outputs announced before their thunk finished, by thunk.
     early: Mutex<HashMap<Hash, watch::Sender<BTreeMap<SandboxPath, OutputFile>>>>,
     remote: Option<Remote>,
+    /// When this forcer was made: the origin of [`Run`]'s times.
+    origin: std::time::Instant,
+    runs: Mutex<Vec<Run>>,
+    counters: Counters,
+    /// Which local lanes (the timeline's rows) are busy.
+    lanes: Mutex<Vec<bool>>,
 }
 
 /// The remote engine, its slots, and how its failures have gone.
@@ -137,8 +196,24 @@ impl Forcer {
                 cells: Mutex::new(HashMap::new()),
                 early: Mutex::new(HashMap::new()),
                 remote: None,
+                origin: std::time::Instant::now(),
+                runs: Mutex::new(Vec::new()),
+                counters: Counters::default(),
+                lanes: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// A forcer for one process among the many cargo runs (a CI-mode wrapper): one thunk at a time, on
+    /// the token cargo gave this process, with rustc's extra threads taken from cargo's `jobserver`.
+    pub fn with_jobserver(store: Store, workdir: Workdir, jobserver: Option<jobserver::Client>) -> Forcer {
+        let mut forcer = Forcer::new(store, workdir, 1);
+        let inner = Arc::get_mut(&mut forcer.inner).expect("a new forcer is not shared");
+        inner.jobserver = None;
+        if let Some(client) = jobserver {
+            inner.executor = inner.executor.clone().with_jobserver(client);
+        }
+        forcer
     }
 
     /// The same forcer, running thunks on `engine` with `slots` in flight; the local slots remain for
@@ -229,6 +304,30 @@ impl Forcer {
         })
     }
 
+    /// Every thunk this forcer ran (not those it took from the store), in the order they ended.
+    pub fn runs(&self) -> Vec<Run> {
+        self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How far forcing has got.
+    pub fn progress(&self) -> Progress {
+        use std::sync::atomic::Ordering;
+        let counters = &self.inner.counters;
+        let (started, done) = (counters.started.load(Ordering::SeqCst), counters.done.load(Ordering::SeqCst));
+        let running = counters.running.load(Ordering::SeqCst);
+        Progress {
+            done,
+            cached: counters.cached.load(Ordering::SeqCst),
+            running,
+            queued: started.saturating_sub(done + running),
+        }
+    }
+
+    /// When this forcer was made, the origin of [`Run`]'s times.
+    pub fn origin(&self) -> std::time::Instant {
+        self.inner.origin
+    }
+
     /// Every thunk forced so far, with its outcome.
     pub fn outcomes(&self) -> Vec<(Hash, Outcome)> {
         let cells = self.inner.cells.lock().unwrap_or_else(|e| e.into_inner());
@@ -236,6 +335,18 @@ impl Forcer {
     }
 
     async fn force_once(&self, hash: Hash) -> Outcome {
+        use std::sync::atomic::Ordering;
+        let counters = &self.inner.counters;
+        counters.started.fetch_add(1, Ordering::SeqCst);
+        let outcome = self.force_counted(hash).await;
+        if outcome.as_ref().is_ok_and(|forced| forced.cached) {
+            counters.cached.fetch_add(1, Ordering::SeqCst);
+        }
+        counters.done.fetch_add(1, Ordering::SeqCst);
+        outcome
+    }
+
+    async fn force_counted(&self, hash: Hash) -> Outcome {
         let store = &self.inner.store;
         let thunk = store.get_thunk(hash).await.map_err(|e| Arc::new(e.into()))?;
         let mut needed: Vec<(Hash, SandboxPath)> = thunk
@@ -308,6 +419,9 @@ impl Forcer {
             return Ok(Forced { reduction: Arc::new(reduction), cached: true, undeclared: Vec::new(), fallback: None });
         }
         let _token = self.acquire_token().await;
+        let _running = Running::start(&self.inner.counters);
+        let lane = self.take_lane();
+        let start = self.inner.origin.elapsed();
         let early = self.early_sender(hash);
         let announce: EarlyOutput = Arc::new(move |output, file| {
             early.send_modify(|ready| {
@@ -319,26 +433,45 @@ impl Forcer {
             .executor
             .execute_in_place(&thunk, &ready, Some(announce))
             .await
-            .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
+            .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }));
+        self.give_back_lane(lane);
+        let in_place = in_place?;
+        self.note_run(hash, format!("local {}", lane + 1), start, in_place.phases);
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared, fallback })
     }
 
     /// Runs `thunk` on the remote engine, retrying infrastructure failures with exponential backoff;
     /// `Err` says why it should run locally instead.
     async fn run_remote(&self, remote: &Remote, hash: Hash, thunk: &crate::thunk::Thunk) -> Result<Reduction, String> {
+        let run = self.run_remote_counted(remote, hash, thunk).await?;
+        Ok(run.reduction)
+    }
+
+    async fn run_remote_counted(
+        &self,
+        remote: &Remote,
+        hash: Hash,
+        thunk: &crate::thunk::Thunk,
+    ) -> Result<RemoteRun, String> {
         use std::sync::atomic::Ordering;
         let given_up = || remote.failures_in_a_row.load(Ordering::SeqCst) >= GIVE_UP_AFTER;
         if given_up() {
             return Err(format!("{} failed {GIVE_UP_AFTER} thunks in a row", remote.engine.name()));
         }
         let _slot = remote.slots.acquire(hash).await;
+        let _running = Running::start(&self.inner.counters);
         let mut backoff = REMOTE_BACKOFF;
         let mut attempt = 1;
         loop {
+            let start = self.inner.origin.elapsed();
             match remote.engine.run(hash, thunk).await {
-                Ok(reduction) => {
+                Ok(run) => {
                     remote.failures_in_a_row.store(0, Ordering::SeqCst);
-                    return Ok(reduction);
+                    // The instance's own time ends the bar; the round trip before it shows as fetching.
+                    let mut phases = run.phases;
+                    phases.fetch_ms += run.overhead_ms;
+                    self.note_run(hash, run.worker.clone(), start, phases);
+                    return Ok(run);
                 }
                 Err(RemoteError::Final(reason)) => return Err(reason),
                 Err(RemoteError::Retryable(reason)) if attempt >= REMOTE_ATTEMPTS || given_up() => {
@@ -355,6 +488,28 @@ impl Forcer {
                 }
             }
         }
+    }
+
+    fn note_run(&self, thunk: Hash, worker: String, start: std::time::Duration, phases: Phases) {
+        let end = self.inner.origin.elapsed();
+        let run = Run { thunk, worker, start, end, phases };
+        self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).push(run);
+    }
+
+    /// The lowest local lane not in use: the row of the timeline this run goes on.
+    fn take_lane(&self) -> usize {
+        let mut lanes = self.inner.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let lane = lanes.iter().position(|busy| !busy).unwrap_or(lanes.len());
+        if lane == lanes.len() {
+            lanes.push(true);
+        } else {
+            lanes[lane] = true;
+        }
+        lane
+    }
+
+    fn give_back_lane(&self, lane: usize) {
+        self.inner.lanes.lock().unwrap_or_else(|e| e.into_inner())[lane] = false;
     }
 
     /// The stored reduction of `hash`, if there is one whose output blobs the store still has. A

@@ -16,6 +16,7 @@ pub mod realize;
 pub mod reduction;
 pub mod remote;
 pub mod slots;
+pub mod stats;
 pub mod store;
 pub mod thunk;
 pub mod toolchain;

@@ -81,6 +81,26 @@ pub struct Timings {
     pub run_ms: u64,
     /// Everything from receiving the invocation to answering it.
     pub total_ms: u64,
+    /// Of `executor_ms`: obtaining the inputs (the rest is storing the outputs).
+    #[serde(default)]
+    pub fetch_ms: u64,
+    /// The function instance that ran it (random, drawn when the instance starts): one row of the
+    /// timeline per instance.
+    #[serde(default)]
+    pub instance: u64,
+}
+
+/// A thunk run by a remote engine: its reduction (already in the store), and where and how it ran.
+#[derive(Debug, Clone)]
+pub struct RemoteRun {
+    /// The reduction.
+    pub reduction: Reduction,
+    /// The worker that ran it, as the timeline names it (`lambda 3f2a9c01`).
+    pub worker: String,
+    /// Where the time went, as the worker measured it.
+    pub phases: crate::exec::Phases,
+    /// Waiting on the engine beyond the worker's own time (the invocation's round trip, a cold start).
+    pub overhead_ms: u64,
 }
 
 /// Why a remote engine returned no reduction.
@@ -102,5 +122,19 @@ pub trait RemoteEngine: Send + Sync {
     fn name(&self) -> &str;
 
     /// Runs `thunk` (named `hash`) remotely and returns its reduction, already in the store.
-    async fn run(&self, hash: Hash, thunk: &Thunk) -> Result<Reduction, RemoteError>;
+    async fn run(&self, hash: Hash, thunk: &Thunk) -> Result<RemoteRun, RemoteError>;
+
+    /// What it has been billed for so far.
+    fn usage(&self) -> Usage {
+        Usage::default()
+    }
+}
+
+/// What a remote engine has been billed for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Invocations that answered.
+    pub invocations: u64,
+    /// Their billed time in milliseconds (each rounded up to a millisecond, as Lambda bills).
+    pub billed_ms: u64,
 }

@@ -270,6 +270,47 @@ pub async fn name_local_toolchain(
     Ok(LocalToolchain { hash, manifest, dir, files_hashed })
 }
 
+/// The hash of the toolchain of `sysroot` (host std only), named once and then remembered while the
+/// files that would change it keep their identity: rustc, the sysroot's library directories and the C
+/// compiler driver on the linker's PATH. A CI-mode wrapper runs once per rustc call, and naming the
+/// toolchain afresh (running `rustc -vV` and the gcc driver, a `stat` per file) would cost most of the
+/// wrapper's time on a cache hit.
+pub async fn remembered_local_toolchain(
+    sysroot: &Path,
+    workdir: &Workdir,
+    store: &Store,
+) -> Result<Hash, ToolchainError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut key = String::new();
+    let cc = LINKER_PATH.split(':').map(|dir| Path::new(dir).join("cc")).find(|path| path.is_file());
+    let driver = cc.and_then(|cc| fs::canonicalize(cc).ok());
+    let rustlib = sysroot.join("lib/rustlib");
+    for path in
+        [Some(sysroot.join("bin/rustc")), Some(sysroot.join("lib")), Some(rustlib), driver].into_iter().flatten()
+    {
+        let metadata = fs::metadata(&path).map_err(|source| ToolchainError::Io { path: path.clone(), source })?;
+        let (device, inode, size, mtime) = (metadata.dev(), metadata.ino(), metadata.size(), metadata.mtime_nsec());
+        key.push_str(&format!("{} {device} {inode} {size} {} {mtime}\n", path.display(), metadata.mtime()));
+    }
+    let memo = workdir.toolchains_dir().join("named").join(Hash::of(key.as_bytes()).to_hex());
+    if let Some(hash) = fs::read_to_string(&memo).ok().and_then(|text| text.trim().parse::<Hash>().ok())
+        && workdir.toolchain_dir(hash).is_dir()
+        && store.has(crate::ObjectKey::Blob(hash)).await.unwrap_or(false)
+    {
+        return Ok(hash);
+    }
+    let named = name_local_toolchain(sysroot, &[], workdir, store).await?;
+    // Only a shortcut: failing to keep it costs the next call the naming again.
+    if let Some(dir) = memo.parent()
+        && fs::create_dir_all(dir).is_ok()
+        && let Ok(mut file) = tempfile::NamedTempFile::new_in(dir)
+        && std::io::Write::write_all(&mut file, named.hash.to_hex().as_bytes()).is_ok()
+    {
+        let _ = file.persist(&memo);
+    }
+    Ok(named.hash)
+}
+
 fn probe(rustc: &Path) -> Result<(String, String), ToolchainError> {
     let error = |message: String| ToolchainError::Probe { rustc: rustc.to_owned(), message };
     let output = Command::new(rustc).arg("-vV").output().map_err(|e| error(e.to_string()))?;

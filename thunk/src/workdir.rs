@@ -8,6 +8,7 @@
 //! <store>/work/locks/<hash>       flock(2) files: one process runs a thunk, the others wait
 //! <store>/work/realized/          which thunk output a real file in a target dir holds
 //! <store>/work/remote/<url-hash>.known  the objects a remote store is known to hold
+//! <store>/work/stats/<store>.jsonl       the store's counters since the last reset
 //! ```
 
 use std::fs;
@@ -52,6 +53,11 @@ impl Workdir {
     /// Sandboxes of running thunks.
     pub fn sandboxes_dir(&self) -> PathBuf {
         self.root.join("sandboxes")
+    }
+
+    /// The counters of each store used on this machine (see [`crate::stats`]).
+    pub fn stats_dir(&self) -> PathBuf {
+        self.root.join("stats")
     }
 
     /// One lock file per thunk, so that processes forcing the same thunk run it once.

@@ -165,6 +165,28 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub struct Store {
     backend: Arc<dyn Backend>,
     cache: Option<Arc<Cache>>,
+    traffic: Arc<TrafficCounters>,
+}
+
+/// What a store has sent to and fetched from its remote backend (nothing, for a local store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Traffic {
+    /// Objects written to the remote.
+    pub put_requests: u64,
+    /// Bytes written, as stored (compressed).
+    pub bytes_up: u64,
+    /// Objects read from the remote (found or not).
+    pub get_requests: u64,
+    /// Bytes read, as stored.
+    pub bytes_down: u64,
+}
+
+#[derive(Debug, Default)]
+struct TrafficCounters {
+    put_requests: std::sync::atomic::AtomicU64,
+    bytes_up: std::sync::atomic::AtomicU64,
+    get_requests: std::sync::atomic::AtomicU64,
+    bytes_down: std::sync::atomic::AtomicU64,
 }
 
 /// The local side of a remote store.
@@ -177,14 +199,43 @@ struct Cache {
 impl Store {
     /// A store over `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Store {
-        Store { backend, cache: None }
+        Store { backend, cache: None, traffic: Arc::default() }
     }
 
     /// A store over a remote `backend`, with `local` in front of it as a cache and `known` listing
     /// what the remote holds. Objects read are kept in `local` once verified; objects written go to
     /// both, to the remote only when it is not known to hold them already.
     pub fn cached(backend: Arc<dyn Backend>, local: LocalBackend, known: KnownObjects) -> Store {
-        Store { backend, cache: Some(Arc::new(Cache { local, known })) }
+        Store { backend, cache: Some(Arc::new(Cache { local, known })), traffic: Arc::default() }
+    }
+
+    /// What this store (and its clones) sent to and fetched from the remote so far.
+    pub fn traffic(&self) -> Traffic {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &self.traffic;
+        Traffic {
+            put_requests: counters.put_requests.load(Relaxed),
+            bytes_up: counters.bytes_up.load(Relaxed),
+            get_requests: counters.get_requests.load(Relaxed),
+            bytes_down: counters.bytes_down.load(Relaxed),
+        }
+    }
+
+    /// Counts an object of `bytes` written to the remote backend directly (by the uploader).
+    pub fn note_sent(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.cache.is_some() {
+            self.traffic.put_requests.fetch_add(1, Relaxed);
+            self.traffic.bytes_up.fetch_add(bytes, Relaxed);
+        }
+    }
+
+    fn note_fetched(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.cache.is_some() {
+            self.traffic.get_requests.fetch_add(1, Relaxed);
+            self.traffic.bytes_down.fetch_add(bytes, Relaxed);
+        }
     }
 
     /// The backend behind this store (the remote one, for a cached store).
@@ -308,7 +359,9 @@ impl Store {
             return self.backend.put(key, stored).await.map_err(|source| self.backend_error("write", key, source));
         };
         if matches!(key, ObjectKey::Reduction(_)) || !self.has(key).await? {
+            let size = stored.len() as u64;
             self.backend.put(key, stored.clone()).await.map_err(|source| self.backend_error("write", key, source))?;
+            self.note_sent(size);
             cache.known.insert(key);
         }
         // The local copy is only a cache: failing to keep it costs a fetch later.
@@ -330,7 +383,9 @@ impl Store {
         {
             return Ok(Some(value));
         }
-        let Some(stored) = self.backend.get(key).await.map_err(|e| self.backend_error("read", key, e))? else {
+        let fetched = self.backend.get(key).await.map_err(|e| self.backend_error("read", key, e))?;
+        self.note_fetched(fetched.as_ref().map_or(0, |stored| stored.len() as u64));
+        let Some(stored) = fetched else {
             return Ok(None);
         };
         let value = check(self.decompress(key, &stored)?)?;
