@@ -18,20 +18,37 @@ pub struct Cli {
     pub build: BuildArgs,
 }
 
-/// Options every subcommand takes.
+/// Options every subcommand takes. Each setting is a flag, else its variable, else the config file's
+/// key of the same name, else the default (see `cargo_lambdabuild::config`).
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Where thunks, blobs and reductions are kept: a directory, or s3://BUCKET/PREFIX (shared, with
-    /// the cache directory in front of it) [default: the cache directory]
+    /// the cache directory in front of it) [config: store] [default: the cache directory]
     #[arg(long, global = true, value_name = "DIR|s3://BUCKET/PREFIX", env = thunk::env::STORE_VAR)]
     pub store: Option<String>,
-    /// The local store, and the cache in front of an S3 store
+    /// The local store, and the cache in front of an S3 store [config: cache-dir]
     /// [default: $XDG_CACHE_HOME/lambdabuild or ~/.cache/lambdabuild]
     #[arg(long, global = true, value_name = "DIR", env = thunk::env::CACHE_DIR_VAR)]
     pub cache_dir: Option<PathBuf>,
+    /// Where thunks run: `local=N` (N processes on this machine), `lambda=N` (N invocations of the
+    /// deployed function in flight; needs an S3 store); give both for Lambda with a local fallback
+    /// [config: engine] [default: local=<cores>]
+    #[arg(long, global = true, value_name = "ENGINE", env = "LAMBDABUILD_ENGINE", value_delimiter = ',')]
+    pub engine: Vec<String>,
+    /// The Lambda function `--engine lambda=N` invokes and `deploy` creates [config: function]
+    /// [default: cargo-lambdabuild]
+    #[arg(long, global = true, value_name = "NAME", env = "LAMBDABUILD_FUNCTION")]
+    pub function: Option<String>,
+    /// The AWS region of the bucket and the function [config: region] [default: AWS's configuration]
+    #[arg(long, global = true, value_name = "REGION", env = "LAMBDABUILD_REGION")]
+    pub region: Option<String>,
     /// Requests to an S3 store in flight at most (uploads, checks and downloads together)
-    #[arg(long, global = true, value_name = "N", default_value_t = 32, env = "LAMBDABUILD_UPLOAD_JOBS")]
-    pub upload_jobs: usize,
+    /// [config: upload-jobs] [default: 32]
+    #[arg(long, global = true, value_name = "N", env = "LAMBDABUILD_UPLOAD_JOBS")]
+    pub upload_jobs: Option<usize>,
+    /// The config file [default: $XDG_CONFIG_HOME/lambdabuild/config.toml]
+    #[arg(long, global = true, value_name = "FILE", env = "LAMBDABUILD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Print less: errors only
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -41,6 +58,31 @@ pub struct GlobalArgs {
     /// Coloring of the output
     #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
     pub color: ColorChoice,
+    /// The settings, resolved from the flags above, the environment and the config file.
+    #[arg(skip)]
+    settings: Option<crate::config::Settings>,
+}
+
+impl GlobalArgs {
+    /// Resolves the settings (flags, else variables, else the config file, else defaults).
+    pub fn resolve(&mut self) -> anyhow::Result<()> {
+        let given = crate::config::Given {
+            store: self.store.clone(),
+            cache_dir: self.cache_dir.clone(),
+            engine: self.engine.clone(),
+            function: self.function.clone(),
+            region: self.region.clone(),
+            upload_jobs: self.upload_jobs,
+            config: self.config.clone(),
+        };
+        self.settings = Some(crate::config::Settings::resolve(&given)?);
+        Ok(())
+    }
+
+    /// The resolved settings.
+    pub fn settings(&self) -> &crate::config::Settings {
+        self.settings.as_ref().expect("main resolves the settings before running a command")
+    }
 }
 
 /// When to use colours, as in cargo.
@@ -72,14 +114,14 @@ pub enum Command {
     Layer(ToolchainArgs),
     /// Create or update the Lambda function `--engine lambda=N` invokes, and print its role's policy
     Deploy(Box<DeployArgs>),
+    /// Print the counters of the store since the last `stats --reset`: thunks executed by engine, cache
+    /// hits, traffic, Lambda time and its estimated cost (CI-mode builds included)
+    Stats(StatsArgs),
 }
 
 /// `cargo lambdabuild deploy`: flags, else variables, else the config file's `[deploy]` table.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// The function's name
-    #[arg(long, value_name = "NAME", env = "LAMBDABUILD_FUNCTION", default_value = crate::engine::lambda::DEFAULT_FUNCTION)]
-    pub function: String,
     /// The IAM role the function runs as (needed to create it); see --policy-only for what it needs
     #[arg(long, value_name = "ARN", env = "LAMBDABUILD_ROLE")]
     pub role: Option<String>,
@@ -98,15 +140,23 @@ pub struct DeployArgs {
     /// The function's executable [default: lambdabuild-bootstrap beside this program]
     #[arg(long, value_name = "PATH")]
     pub bootstrap: Option<PathBuf>,
-    /// The config file [default: $XDG_CONFIG_HOME/lambdabuild/config.toml]
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
     /// Also pack the standard library for this target (repeatable)
     #[arg(long = "target", value_name = "TRIPLE")]
     pub targets: Vec<String>,
     /// Only print the IAM policy the function's role needs, and change nothing
     #[arg(long)]
     pub policy_only: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cargo lambdabuild stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Start the counters again from zero (after printing them)
+    #[arg(long)]
+    pub reset: bool,
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
@@ -215,14 +265,10 @@ pub struct BuildArgs {
     /// Error format: human, or json (cargo's messages with real paths, then a `lambdabuild-finished` line)
     #[arg(long, value_name = "FMT", default_value = "human")]
     pub message_format: String,
-    /// Where thunks run: `local=N` (N processes on this machine), `lambda=N` (N invocations of the
-    /// deployed function in flight; needs an S3 store); give both for Lambda with a local fallback
-    /// [default: local=<cores>]
-    #[arg(long, value_name = "ENGINE")]
-    pub engine: Vec<String>,
-    /// The Lambda function `--engine lambda=N` invokes
-    #[arg(long, value_name = "NAME", env = "LAMBDABUILD_FUNCTION", default_value = crate::engine::lambda::DEFAULT_FUNCTION)]
-    pub function: String,
+    /// Write an HTML report of where and when each thunk ran (one row per Lambda instance or local
+    /// slot), like `cargo build --timings`
+    #[arg(long)]
+    pub timings: bool,
     /// Stop after the model phase and report the graph's size
     #[arg(long)]
     pub dry_run: bool,
@@ -244,7 +290,4 @@ pub struct ForceArgs {
     /// Placeholder files to build for real
     #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<PathBuf>,
-    /// Where thunks run: `local=N` [default: local=<cores>]
-    #[arg(long, value_name = "ENGINE")]
-    pub engine: Vec<String>,
 }

@@ -2,10 +2,10 @@
 //! processes or on AWS Lambda. This binary parses the command line and hands each subcommand to `ops`.
 
 mod cli;
-mod engine;
 mod ops;
 mod shell;
-mod upload;
+
+use cargo_lambdabuild::{config, cost, engine, timings, upload};
 
 use std::process::ExitCode;
 
@@ -17,8 +17,12 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|arg| arg == "lambdabuild") {
         args.remove(1);
     }
-    let cli = cli::Cli::parse_from(args);
+    let mut cli = cli::Cli::parse_from(args);
     let shell = shell::Shell::new(&cli.global);
+    if let Err(error) = cli.global.resolve() {
+        shell.error(&format!("{error:#}"));
+        return ExitCode::from(101);
+    }
     match run(cli, &shell) {
         Ok(code) => code,
         Err(error) => {
@@ -44,6 +48,9 @@ fn run(cli: cli::Cli, shell: &shell::Shell) -> anyhow::Result<ExitCode> {
             }
             Some(cli::Command::Deploy(args)) => {
                 ops::deploy::run(&cli.global, *args, shell).await.map(|()| ExitCode::SUCCESS)
+            }
+            Some(cli::Command::Stats(args)) => {
+                ops::stats::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
             }
             Some(cli::Command::Layer(args)) => {
                 ops::layer::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)

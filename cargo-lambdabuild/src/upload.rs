@@ -164,6 +164,7 @@ async fn send(
                     .await
                     .with_context(|| format!("cannot upload {key} to {}", remote.describe()))?;
                 sent.fetch_add(size, Ordering::Relaxed);
+                store.note_sent(size);
                 uploaded.fetch_add(1, Ordering::Relaxed);
             }
             if let Some((_, known)) = store.local_cache() {

@@ -10,10 +10,11 @@
 //! - anything else runs the real rustc, after its dependencies are made real, with a reason recorded for
 //!   the build summary. An unknown flag can never produce a wrong build.
 //!
-//! Outside a session every call runs the real rustc unchanged.
+//! Outside a session the wrapper runs in CI mode ([`ci`]): each unit is forced before it returns.
 #![deny(missing_docs)]
 
 pub mod args;
+pub mod ci;
 pub mod model;
 pub mod scan;
 pub mod session;
@@ -35,8 +36,9 @@ use crate::args::{Call, Emit, Parsed};
 use crate::model::{Context, ModelError, Modelled};
 use crate::session::{Record, Session};
 
-/// Runs the wrapper on this process's arguments.
-pub fn main() -> ExitCode {
+/// Runs the wrapper on this process's arguments: in a `cargo lambdabuild` session when there is one,
+/// else in CI mode with the store and engine `ci` opens ([`ci`]), unless `LAMBDABUILD_WRAPPER=off`.
+pub fn main(ci: &dyn ci::CiSetup) -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let Some(rustc) = args.next() else {
         eprintln!("error: rustc-model is a RUSTC_WRAPPER: cargo runs it as `rustc-model RUSTC ARGS…`");
@@ -44,7 +46,10 @@ pub fn main() -> ExitCode {
     };
     let args: Vec<OsString> = args.collect();
     let Some(session_dir) = thunk::env::session_dir() else {
-        return pass_through(&rustc, &args);
+        if thunk::env::var("LAMBDABUILD_WRAPPER").is_some_and(|value| value == "off") {
+            return pass_through(&rustc, &args);
+        }
+        return ci::run(ci, &rustc, &args);
     };
     let Some(text_args) = args.iter().map(|a| a.to_str().map(str::to_owned)).collect::<Option<Vec<String>>>() else {
         return pass_through(&rustc, &args);
@@ -171,7 +176,7 @@ async fn model_call(session: &Session, rustc: &Path, call: &Call) -> Result<Exit
 }
 
 /// rustc's own artifact message, which cargo waits for (the rmeta one unblocks dependents).
-fn artifact_notification(path: &Path, emit: Emit) -> String {
+pub(crate) fn artifact_notification(path: &Path, emit: Emit) -> String {
     let emit = match emit {
         Emit::DepInfo => "dep-info",
         Emit::Metadata => "metadata",
@@ -241,7 +246,7 @@ async fn force_build_script(
 }
 
 /// Writes every output of a forced thunk at its real path, unless it is already there.
-async fn realize_outputs(
+pub(crate) async fn realize_outputs(
     store: &Store,
     workdir: &Workdir,
     thunk: Hash,
@@ -319,7 +324,7 @@ fn make_dependencies_real(session: &Session, externs: &[PathBuf]) -> Result<(), 
 }
 
 /// Replaces this process with the real rustc; returns only if it could not be started.
-fn pass_through(rustc: &OsString, args: &[OsString]) -> ExitCode {
+pub(crate) fn pass_through(rustc: &OsString, args: &[OsString]) -> ExitCode {
     let error = Command::new(rustc).args(args).exec();
     eprintln!("error: rustc-model: cannot run `{}`: {error}", rustc.to_string_lossy());
     ExitCode::from(101)

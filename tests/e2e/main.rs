@@ -2,6 +2,7 @@
 //! temporary stores and projects. One test binary (one link step) for the whole suite, as in cargo's.
 
 mod build;
+mod ci;
 mod cli;
 mod deploy;
 mod lambda;
@@ -10,4 +11,3 @@ mod ripgrep;
 mod s3;
 mod support;
 mod tidy;
-mod wrapper;

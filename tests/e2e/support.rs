@@ -137,7 +137,7 @@ impl Build {
     }
 }
 
-fn artifacts_of(stdout: &str) -> Vec<Artifact> {
+pub fn artifacts_of(stdout: &str) -> Vec<Artifact> {
     let mut artifacts = Vec::new();
     for line in stdout.lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
@@ -219,10 +219,20 @@ impl Project {
 
     /// Plain `CARGO_INCREMENTAL=0 cargo build ARGS…` into the same target dir, as the reference.
     pub fn plain_cargo(&self, args: &[&str], env: &[(&str, &str)]) -> Vec<Artifact> {
+        let args: Vec<&str> = std::iter::once("build").chain(args.iter().copied()).collect();
+        self.plain_cargo_with(&args, env)
+    }
+
+    /// Plain `CARGO_INCREMENTAL=0 cargo ARGS…` (a command and its flags) into the same target dir.
+    pub fn plain_cargo_command(&self, args: &[&str]) -> Vec<Artifact> {
+        self.plain_cargo_with(args, &[])
+    }
+
+    fn plain_cargo_with(&self, args: &[&str], env: &[(&str, &str)]) -> Vec<Artifact> {
         let mut command = Command::new(env!("CARGO"));
         hygienic(&mut command)
-            .args(["build", "--message-format=json", "--target-dir", "target/lambdabuild"])
             .args(args)
+            .args(["--message-format=json", "--target-dir", "target/lambdabuild"])
             .current_dir(&self.root)
             .env("CARGO_INCREMENTAL", "0")
             .envs(env.iter().copied());

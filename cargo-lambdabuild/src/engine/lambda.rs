@@ -15,8 +15,8 @@ use std::time::Instant;
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::primitives::Blob;
-use thunk::remote::{Invocation, InvocationResult, PAYLOAD_LIMIT, RemoteEngine, RemoteError};
-use thunk::{Hash, Reduction, Thunk};
+use thunk::remote::{Invocation, InvocationResult, PAYLOAD_LIMIT, RemoteEngine, RemoteError, RemoteRun};
+use thunk::{Hash, Thunk};
 
 /// The function's name when neither `--function` nor `LAMBDABUILD_FUNCTION` names one: what
 /// `cargo lambdabuild deploy` creates.
@@ -24,10 +24,12 @@ pub const DEFAULT_FUNCTION: &str = "cargo-lambdabuild";
 
 /// The Lambda client's configuration: the standard AWS configuration (`AWS_ENDPOINT_URL_LAMBDA`
 /// honoured), in `us-east-1` when none names a region.
-pub async fn client_config() -> aws_sdk_lambda::config::Builder {
+pub async fn client_config(region: Option<&str>) -> aws_sdk_lambda::config::Builder {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let builder = aws_sdk_lambda::config::Builder::from(&config);
-    if config.region().is_none() {
+    if let Some(region) = region {
+        builder.region(aws_sdk_lambda::config::Region::new(region.to_owned()))
+    } else if config.region().is_none() {
         builder.region(aws_sdk_lambda::config::Region::from_static("us-east-1"))
     } else {
         builder
@@ -45,6 +47,9 @@ pub struct Sample {
     pub cold: bool,
     /// That fetching and unpacking.
     pub toolchain_ms: u64,
+    /// Everything the instance spent on it, from receiving the invocation to answering it: what
+    /// Lambda bills.
+    pub billed_ms: u64,
 }
 
 impl Sample {
@@ -63,10 +68,17 @@ pub struct LambdaEngine {
 }
 
 impl LambdaEngine {
-    /// An engine invoking `function` for thunks of the store `store` (`s3://BUCKET/PREFIX`), with the
-    /// standard AWS configuration (`AWS_ENDPOINT_URL_LAMBDA` honoured).
-    pub async fn connect(function: &str, store: &str) -> LambdaEngine {
-        let builder = client_config().await.retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled());
+    /// An engine invoking `settings.function` for thunks of the store `store` (`s3://BUCKET/PREFIX`),
+    /// with the standard AWS configuration (`AWS_ENDPOINT_URL_LAMBDA` honoured).
+    pub async fn connect(settings: &crate::config::Settings, store: &str) -> LambdaEngine {
+        let timeout = aws_sdk_lambda::config::timeout::TimeoutConfig::builder()
+            .operation_timeout(std::time::Duration::from_secs(settings.invoke_timeout_s))
+            .build();
+        let builder = client_config(settings.region.as_deref())
+            .await
+            .retry_config(aws_sdk_lambda::config::retry::RetryConfig::disabled())
+            .timeout_config(timeout);
+        let function = settings.function.as_str();
         LambdaEngine {
             client: Client::from_conf(builder.build()),
             function: function.to_owned(),
@@ -137,7 +149,15 @@ impl RemoteEngine for LambdaEngine {
         "lambda"
     }
 
-    async fn run(&self, hash: Hash, thunk: &Thunk) -> Result<Reduction, RemoteError> {
+    fn usage(&self) -> thunk::remote::Usage {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        thunk::remote::Usage {
+            invocations: samples.len() as u64,
+            billed_ms: samples.iter().map(|sample| sample.billed_ms.max(1)).sum(),
+        }
+    }
+
+    async fn run(&self, hash: Hash, thunk: &Thunk) -> Result<RemoteRun, RemoteError> {
         let payload = self.payload(hash, thunk)?;
         let started = Instant::now();
         let output = self
@@ -166,10 +186,25 @@ impl RemoteEngine for LambdaEngine {
                 if reduction.thunk != hash {
                     return Err(RemoteError::Final(format!("the function answered for thunk {}", reduction.thunk)));
                 }
-                let sample =
-                    Sample { wall_ms, run_ms: timings.run_ms, cold: timings.cold, toolchain_ms: timings.toolchain_ms };
+                let sample = Sample {
+                    wall_ms,
+                    run_ms: timings.run_ms,
+                    cold: timings.cold,
+                    toolchain_ms: timings.toolchain_ms,
+                    billed_ms: timings.total_ms,
+                };
                 self.samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
-                Ok(*reduction)
+                let phases = thunk::exec::Phases {
+                    fetch_ms: timings.toolchain_ms + timings.fetch_ms,
+                    run_ms: timings.run_ms,
+                    store_ms: timings.executor_ms.saturating_sub(timings.fetch_ms),
+                };
+                Ok(RemoteRun {
+                    reduction: *reduction,
+                    worker: format!("lambda {:08x}", timings.instance >> 32),
+                    phases,
+                    overhead_ms: wall_ms.saturating_sub(timings.total_ms),
+                })
             }
             InvocationResult::Failed { retryable: true, message } => Err(RemoteError::Retryable(message)),
             InvocationResult::Failed { retryable: false, message } => Err(RemoteError::Final(message)),

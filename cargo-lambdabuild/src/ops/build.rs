@@ -28,6 +28,7 @@ use thunk::toolchain::{name_local_toolchain, query_sysroot};
 use thunk::{Hash, Store};
 
 use crate::cli::{BuildArgs, ForceArgs, GlobalArgs};
+use crate::cost::Cost;
 use crate::engine::Engines;
 use crate::engine::lambda::LambdaEngine;
 use crate::shell::Shell;
@@ -106,6 +107,8 @@ pub struct Modelled {
     roots: Vec<Root>,
     records: Vec<Record>,
     pub seconds: f64,
+    /// The target directory the model built in (`<target>/lambdabuild`).
+    target_dir: PathBuf,
     /// The session directory, removed when the build is done with it.
     _session: Option<tempfile::TempDir>,
 }
@@ -130,7 +133,8 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     if !matches!(args.message_format.as_str(), "human" | "short" | "json") {
         bail!("--message-format must be human, short or json");
     }
-    let engines = Engines::parse(&args.engine)?;
+    let settings = global.settings();
+    let engines = Engines::parse(&settings.engine)?;
     let opened = super::open_store(global).await?;
     let mut forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), engines.local);
     let lambda = match engines.lambda {
@@ -141,7 +145,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
                      LAMBDABUILD_STORE"
                 );
             };
-            let engine = Arc::new(LambdaEngine::connect(&args.function, url).await);
+            let engine = Arc::new(LambdaEngine::connect(settings, url).await);
             forcer = forcer.with_remote(Arc::clone(&engine) as Arc<dyn RemoteEngine>, invocations);
             Some(engine)
         }
@@ -166,9 +170,11 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     }
 
     let force_started = Instant::now();
+    let force_started_unix = std::time::SystemTime::now();
     if lambda.is_some() {
         let roots = modelled.root_thunks();
-        let uploaded = upload(&opened.store, &opened.workdir, &roots, true, global.upload_jobs, !global.quiet).await?;
+        let uploaded =
+            upload(&opened.store, &opened.workdir, &roots, true, settings.upload_jobs, !global.quiet).await?;
         shell.status(
             "Uploaded",
             &format!(
@@ -179,7 +185,11 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             ),
         );
     }
-    let report = force_and_write(&forcer, &opened.store, &modelled.roots, shell).await?;
+    let remote_engine = lambda.clone().map(|engine| engine as Arc<dyn RemoteEngine>);
+    let progress = ForceProgress::start(&forcer, &opened.store, remote_engine.clone(), settings, global.quiet);
+    let report = force_and_write(&forcer, &opened.store, &modelled.roots, shell).await;
+    progress.finish();
+    let report = report?;
     let force_seconds = force_started.elapsed().as_secs_f64();
     // Build scripts were forced during the model phase, each by its own wrapper: a thunk counts once,
     // as executed if any forcer ran it.
@@ -202,6 +212,23 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
         shell.warning(&format!("{count} thunk{plural} ran on the local engine instead of Lambda: {reason}"));
     }
     let lambda_stats = lambda.as_ref().map(|engine| LambdaStats::of(&engine.samples()));
+    let tally = tally_of(&forced, &report, &opened.store, remote_engine.as_deref(), &passed_through);
+    // The counters are a report: failing to keep them never fails a build.
+    let _ = thunk::stats::Stats::of(&opened.workdir, &opened.store.describe()).record(&tally);
+    let remote = lambda.is_some() || opened.remote.is_some();
+    let cost = remote.then(|| Cost::of(&tally, settings.memory_mb, &settings.prices));
+    if args.timings {
+        let started_unix_s =
+            force_started_unix.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let title = format!("{} — {}", project_name(&modelled), engines.describe());
+        let mut summary = vec![("engine".to_owned(), engines.describe())];
+        if let Some(cost) = &cost {
+            summary.push(("estimated cost".to_owned(), cost.describe()));
+        }
+        let timeline = timeline(&forcer, &opened.store, title, started_unix_s, force_started, summary).await?;
+        let path = write_timings(&modelled, &timeline)?;
+        shell.status("Timing", &format!("report saved to {}", path.display()));
+    }
 
     if json {
         for line in &modelled.messages {
@@ -219,6 +246,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             "fallbacks": report.fallbacks.values().sum::<usize>(),
             "model_s": modelled.seconds,
             "force_s": force_seconds,
+            "cost": cost,
             "lambda": lambda_stats.map(|stats| json!({
                 "invocations": stats.invocations,
                 "cold_starts": stats.cold_starts,
@@ -250,6 +278,9 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             "Lambda: {} invocations, {} cold starts; overhead beyond the compiler's own time: median {} ms, p95 {} ms",
             stats.invocations, stats.cold_starts, stats.median_ms, stats.p95_ms
         ));
+    }
+    if let Some(cost) = &cost {
+        shell.status("Cost", &cost.describe());
     }
     if report.failed.is_empty() {
         shell.status("Finished", &line);
@@ -386,7 +417,14 @@ async fn run_cargo(
         return Ok(None);
     }
     let records = session.records()?;
-    Ok(Some(Modelled { messages, roots, records, seconds: started.elapsed().as_secs_f64(), _session: None }))
+    Ok(Some(Modelled {
+        messages,
+        roots,
+        records,
+        seconds: started.elapsed().as_secs_f64(),
+        target_dir: target_dir.to_owned(),
+        _session: None,
+    }))
 }
 
 /// An artifact path, the placeholder that stood there, and whether cargo calls it the executable.
@@ -581,7 +619,7 @@ async fn show_diagnostics(store: &Store, hash: Hash, forced: &Forced, shell: &Sh
 
 /// `cargo lambdabuild force PATH…`.
 pub async fn force_paths(global: &GlobalArgs, args: ForceArgs, shell: &Shell) -> anyhow::Result<ExitCode> {
-    let engines = Engines::parse(&args.engine)?;
+    let engines = Engines::parse(&global.settings().engine)?;
     if engines.lambda.is_some() {
         bail!("`cargo lambdabuild force` runs on the local engine; build with `--engine lambda=N` instead");
     }
@@ -598,4 +636,215 @@ pub async fn force_paths(global: &GlobalArgs, args: ForceArgs, shell: &Shell) ->
     let report = force_and_write(&forcer, &opened.store, &roots(&artifacts), shell).await?;
     shell.status("Forced", &format!("{} executed, {} cached", report.executed, report.cached));
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(101) })
+}
+
+/// What this build adds to the store's counters: each thunk once (a build script's wrapper counts
+/// its own as run locally), the traffic with the remote store, and Lambda's billed time.
+fn tally_of(
+    forced: &HashMap<Hash, bool>,
+    report: &ForceReport,
+    store: &Store,
+    remote: Option<&dyn RemoteEngine>,
+    passed_through: &BTreeMap<String, usize>,
+) -> thunk::stats::Tally {
+    let mut tally = thunk::stats::Tally {
+        cached: forced.values().filter(|cached| **cached).count() as u64,
+        passed_through: passed_through.values().sum::<usize>() as u64,
+        failed: report.failed.len() as u64,
+        traffic: store.traffic(),
+        ..thunk::stats::Tally::default()
+    };
+    let executed = forced.values().filter(|cached| !**cached).count() as u64;
+    let mut elsewhere = 0;
+    for (engine, count) in &report.ran_on {
+        if engine != "local" {
+            tally.executed.insert(engine.clone(), *count as u64);
+            elsewhere += *count as u64;
+        }
+    }
+    if executed > elsewhere {
+        tally.executed.insert("local".to_owned(), executed - elsewhere);
+    }
+    if let Some(remote) = remote {
+        let usage = remote.usage();
+        (tally.lambda_invocations, tally.lambda_billed_ms) = (usage.invocations, usage.billed_ms);
+    }
+    tally
+}
+
+/// The progress bar of the force phase: thunks done, running and queued, bytes to and from the
+/// store, elapsed time and the cost so far. Hidden with `-q`, and (indicatif's rule) when stderr is
+/// not a terminal.
+struct ForceProgress {
+    bar: indicatif::ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl ForceProgress {
+    fn start(
+        forcer: &Forcer,
+        store: &Store,
+        remote: Option<Arc<dyn RemoteEngine>>,
+        settings: &cargo_lambdabuild::config::Settings,
+        quiet: bool,
+    ) -> ForceProgress {
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr())
+        };
+        let style = indicatif::ProgressStyle::with_template("    Building [{bar:27}] {pos}/{len}: {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        let (forcer, store, bar_handle) = (forcer.clone(), store.clone(), bar.clone());
+        let (memory_mb, prices, priced) =
+            (settings.memory_mb, settings.prices, remote.is_some() || store.local_cache().is_some());
+        let ticker = tokio::spawn(async move {
+            loop {
+                let progress = forcer.progress();
+                let traffic = store.traffic();
+                bar_handle.set_length((progress.done + progress.running + progress.queued) as u64);
+                bar_handle.set_position(progress.done as u64);
+                let mut message = format!("{} running, {} queued", progress.running, progress.queued);
+                if priced {
+                    let mut tally = thunk::stats::Tally { traffic, ..thunk::stats::Tally::default() };
+                    if let Some(remote) = &remote {
+                        let usage = remote.usage();
+                        (tally.lambda_invocations, tally.lambda_billed_ms) = (usage.invocations, usage.billed_ms);
+                    }
+                    let cost = Cost::of(&tally, memory_mb, &prices);
+                    message.push_str(&format!(
+                        ", ↑ {:.1} MB ↓ {:.1} MB, ${:.4}",
+                        traffic.bytes_up as f64 / 1e6,
+                        traffic.bytes_down as f64 / 1e6,
+                        cost.usd
+                    ));
+                }
+                bar_handle.set_message(message);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        ForceProgress { bar, ticker }
+    }
+
+    fn finish(self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The name of what was built, for the report's title: the package of the last root.
+fn project_name(modelled: &Modelled) -> String {
+    modelled
+        .messages
+        .iter()
+        .rev()
+        .find_map(|line| match serde_json::from_str::<Message>(line) {
+            Ok(Message::CompilerArtifact(artifact)) => Some(artifact.target.name.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "build".to_owned())
+}
+
+/// The timeline of what this build's forcer ran: a row per worker, a bar per thunk, and the critical
+/// path — from the thunk that ended last, back through the producer of each that ended last.
+async fn timeline(
+    forcer: &Forcer,
+    store: &Store,
+    title: String,
+    started_unix_s: u64,
+    force_started: Instant,
+    summary: Vec<(String, String)>,
+) -> anyhow::Result<crate::timings::Timeline> {
+    let runs = forcer.runs();
+    // The forcer was made before the model phase: times count from the start of forcing.
+    let offset = force_started.saturating_duration_since(forcer.origin()).as_millis() as u64;
+    let at = |duration: std::time::Duration| (duration.as_millis() as u64).saturating_sub(offset);
+    let by_thunk: HashMap<Hash, &thunk::force::Run> = runs.iter().map(|run| (run.thunk, run)).collect();
+    let mut links: HashMap<Hash, Vec<Hash>> = HashMap::new();
+    let mut names: HashMap<Hash, (String, String)> = HashMap::new();
+    for run in &runs {
+        let thunk = store.get_thunk(run.thunk).await?;
+        let mut producers: Vec<Hash> = thunk
+            .inputs
+            .values()
+            .filter_map(|input| match input {
+                thunk::Input::Link { thunk, .. } => Some(*thunk),
+                _ => None,
+            })
+            .collect();
+        producers.sort();
+        producers.dedup();
+        links.insert(run.thunk, producers);
+        names.insert(run.thunk, crate_and_kind(&thunk.args));
+    }
+    let mut critical = std::collections::HashSet::new();
+    let mut next = runs.iter().max_by_key(|run| run.end).map(|run| run.thunk);
+    while let Some(hash) = next {
+        critical.insert(hash);
+        next = links
+            .get(&hash)
+            .into_iter()
+            .flatten()
+            .filter_map(|producer| by_thunk.get(producer))
+            .max_by_key(|run| run.end)
+            .map(|run| run.thunk);
+    }
+    let mut workers: BTreeMap<String, Vec<crate::timings::Bar>> = BTreeMap::new();
+    for run in &runs {
+        let (crate_name, kind) = names.remove(&run.thunk).unwrap_or_default();
+        workers.entry(run.worker.clone()).or_default().push(crate::timings::Bar {
+            thunk: run.thunk.to_hex()[..12].to_owned(),
+            crate_name,
+            kind,
+            start_ms: at(run.start),
+            fetch_ms: run.phases.fetch_ms,
+            run_ms: run.phases.run_ms,
+            upload_ms: run.phases.store_ms,
+            critical: critical.contains(&run.thunk),
+        });
+    }
+    // Lambda instances first, then local slots in order.
+    let mut workers: Vec<crate::timings::Worker> =
+        workers.into_iter().map(|(name, bars)| crate::timings::Worker { name, bars }).collect();
+    workers.sort_by_key(|worker| {
+        let local = worker.name.strip_prefix("local ").and_then(|n| n.parse::<u64>().ok());
+        (local.is_some(), local.unwrap_or(0), worker.name.clone())
+    });
+    Ok(crate::timings::Timeline {
+        title,
+        started_unix_s,
+        wall_ms: force_started.elapsed().as_millis() as u64,
+        workers,
+        summary,
+    })
+}
+
+/// A thunk's crate and what it builds, from rustc's arguments.
+fn crate_and_kind(args: &[String]) -> (String, String) {
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let crate_name = value("--crate-name").unwrap_or_else(|| "?".to_owned());
+    let kind = if crate_name.starts_with("build_script_") {
+        "build-script".to_owned()
+    } else if args.iter().any(|a| a == "--test") {
+        "test".to_owned()
+    } else {
+        value("--crate-type").unwrap_or_else(|| "lib".to_owned())
+    };
+    (crate_name, kind)
+}
+
+/// Writes the report as cargo writes its own: a timestamped file and `lambdabuild-timing.html`, the
+/// latest, in `<target>/lambdabuild-timings/`.
+fn write_timings(modelled: &Modelled, timeline: &crate::timings::Timeline) -> anyhow::Result<PathBuf> {
+    let dir = modelled.target_dir.parent().unwrap_or(&modelled.target_dir).join("lambdabuild-timings");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let html = crate::timings::render(timeline);
+    let stamp = crate::timings::utc_date_time(timeline.started_unix_s).replace([' ', ':'], "-").replace("-UTC", "");
+    let stamped = dir.join(format!("lambdabuild-timing-{stamp}.html"));
+    std::fs::write(&stamped, &html).with_context(|| format!("cannot write {}", stamped.display()))?;
+    let latest = dir.join("lambdabuild-timing.html");
+    std::fs::write(&latest, &html).with_context(|| format!("cannot write {}", latest.display()))?;
+    Ok(latest)
 }

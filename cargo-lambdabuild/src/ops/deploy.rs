@@ -10,38 +10,18 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::error::ProvideErrorMetadata;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{Architecture, Environment, EphemeralStorage, FunctionCode, Runtime};
-use serde::Deserialize;
 use serde_json::json;
 use store_s3::S3Location;
 
 use crate::cli::{DeployArgs, GlobalArgs};
 use crate::shell::{Shell, human_bytes};
-
-/// The `[deploy]` table of the config file: the same settings as the flags.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeployConfig {
-    function: Option<String>,
-    role: Option<String>,
-    memory: Option<u32>,
-    ephemeral_storage: Option<u32>,
-    timeout: Option<u32>,
-    architecture: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default)]
-    deploy: DeployConfig,
-}
 
 /// The settings, resolved.
 #[derive(Debug)]
@@ -54,9 +34,7 @@ struct Settings {
     architecture: Architecture,
 }
 
-/// rustc wants about 2 GiB for a large crate, and Lambda gives CPU in proportion to memory: at
-/// 3008 MB a function gets about two vCPUs.
-const DEFAULT_MEMORY_MB: u32 = 3008;
+use cargo_lambdabuild::config::DEFAULT_MEMORY_MB;
 /// The unpacked toolchain takes about 600 MB; the rest holds blobs across warm invocations.
 const DEFAULT_EPHEMERAL_MB: u32 = 4096;
 /// Lambda's longest.
@@ -64,24 +42,9 @@ const DEFAULT_TIMEOUT_S: u32 = 900;
 /// What the function's blob cache leaves of its ephemeral storage: the toolchain and a sandbox.
 const RESERVED_STORAGE_MB: u32 = 1536;
 
-fn settings(args: &DeployArgs, function_flag: &str) -> anyhow::Result<Settings> {
-    let config_path = args.config.clone().or_else(default_config_path);
-    let file = match &config_path {
-        Some(path) if path.is_file() => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str::<ConfigFile>(&text)
-                .with_context(|| format!("{} is not a valid config file", path.display()))?
-        }
-        Some(path) if args.config.is_some() => bail!("the config file {} does not exist", path.display()),
-        _ => ConfigFile::default(),
-    };
-    let config = file.deploy;
-    // The flag's default is the built-in name: a name from the config file wins over it.
-    let function = if function_flag == crate::engine::lambda::DEFAULT_FUNCTION {
-        config.function.unwrap_or_else(|| function_flag.to_owned())
-    } else {
-        function_flag.to_owned()
-    };
+fn settings(args: &DeployArgs, global: &GlobalArgs) -> anyhow::Result<Settings> {
+    let config = global.settings().file.deploy.clone();
+    let function = global.settings().function.clone();
     let architecture = match args.architecture.clone().or(config.architecture).as_deref() {
         None => host_architecture(),
         Some("x86_64") => Architecture::X8664,
@@ -103,13 +66,6 @@ fn settings(args: &DeployArgs, function_flag: &str) -> anyhow::Result<Settings> 
         timeout: args.timeout.or(config.timeout).unwrap_or(DEFAULT_TIMEOUT_S),
         architecture,
     })
-}
-
-fn default_config_path() -> Option<PathBuf> {
-    let base = thunk::env::var("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| thunk::env::var("HOME").map(|home| Path::new(&home).join(".config")))?;
-    Some(base.join("lambdabuild/config.toml"))
 }
 
 fn host_architecture() -> Architecture {
@@ -167,7 +123,7 @@ fn function_zip(bootstrap: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 pub async fn run(global: &GlobalArgs, args: DeployArgs, shell: &Shell) -> anyhow::Result<()> {
-    let settings = settings(&args, &args.function)?;
+    let settings = settings(&args, global)?;
     let opened = super::open_store(global).await?;
     let Some(url) = &opened.remote else {
         bail!("the function reads and writes the store: deploy needs --store s3://BUCKET/PREFIX or LAMBDABUILD_STORE");
@@ -195,7 +151,8 @@ pub async fn run(global: &GlobalArgs, args: DeployArgs, shell: &Shell) -> anyhow
     let zip = function_zip(&bootstrap)?;
 
     // 3. The function.
-    let client = Client::from_conf(crate::engine::lambda::client_config().await.build());
+    let client =
+        Client::from_conf(crate::engine::lambda::client_config(global.settings().region.as_deref()).await.build());
     let cache_limit = settings.ephemeral_storage.saturating_sub(RESERVED_STORAGE_MB).max(256);
     let environment = Environment::builder().variables("LAMBDABUILD_CACHE_LIMIT_MB", cache_limit.to_string()).build();
     let name = &settings.function;

@@ -27,9 +27,15 @@ pub async fn pack_and_store(
         .await
         .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
     let local = thunk::LocalBackend::open(&opened.dir).context("cannot open the local store")?;
-    let (size, uploaded) =
-        upload_toolchain(&opened.store, &opened.workdir, &local, toolchain.hash, global.upload_jobs, !global.quiet)
-            .await?;
+    let (size, uploaded) = upload_toolchain(
+        &opened.store,
+        &opened.workdir,
+        &local,
+        toolchain.hash,
+        global.settings().upload_jobs,
+        !global.quiet,
+    )
+    .await?;
     Ok((toolchain, size, uploaded))
 }
 

@@ -16,15 +16,21 @@ pub async fn run(global: &GlobalArgs, args: UploadArgs, shell: &Shell) -> anyhow
             "the store is a local directory, which holds everything already; upload needs --store s3://BUCKET/PREFIX"
         );
     }
-    let slots = crate::engine::Engines::parse(&args.build.engine)?.local;
+    let slots = crate::engine::Engines::parse(&global.settings().engine)?.local;
     let Some(modelled) = super::build::model(global, &args.build, &opened, slots, None).await? else {
         return Ok(ExitCode::from(101));
     };
     let started = Instant::now();
     let roots = modelled.root_thunks();
-    let report =
-        upload(&opened.store, &opened.workdir, &roots, !args.without_toolchain, global.upload_jobs, !global.quiet)
-            .await?;
+    let report = upload(
+        &opened.store,
+        &opened.workdir,
+        &roots,
+        !args.without_toolchain,
+        global.settings().upload_jobs,
+        !global.quiet,
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     if args.build.message_format.starts_with("json") {
         let line = json!({
