@@ -11,3 +11,4 @@ mod ripgrep;
 mod s3;
 mod support;
 mod tidy;
+mod timings;

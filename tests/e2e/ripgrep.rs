@@ -64,10 +64,17 @@ fn ripgrep_built_on_lambda_links_byte_identical() {
     }
     let project = ripgrep_project();
     let cloud = Cloud::new();
-    let build = project.assert_matches_plain_cargo_on(&["--locked"], ON_LAMBDA, &cloud.env("laptop"), Compare::Linked);
+    let engine: Vec<&str> = ON_LAMBDA.iter().copied().chain(["--timings"]).collect();
+    let build = project.assert_matches_plain_cargo_on(&["--locked"], &engine, &cloud.env("laptop"), Compare::Linked);
     assert!(count(&build, &["executed_on", "lambda"]) >= 30, "{}", build.summary);
     assert_eq!(count(&build, &["fallbacks"]), 0, "{}", build.summary);
     assert_eq!(count(&build, &["passed_through"]), 0, "{}", build.summary);
+    assert!(build.summary["cost"]["usd"].as_f64().unwrap() > 0.0, "{}", build.summary);
+    assert!(count(&build, &["cost", "invocations"]) >= 30, "{}", build.summary);
+    // The timeline: a row per Lambda instance (several, with 8 in flight), a bar per thunk run.
+    let seen = crate::timings::assert_timeline_renders(&build, project.dir.path());
+    assert!(seen["workers"].as_u64().unwrap() >= 2, "{seen}");
+    assert!(seen["bars"].as_u64().unwrap() >= 30, "{seen}");
 }
 
 #[test]

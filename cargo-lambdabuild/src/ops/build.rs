@@ -217,6 +217,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     let _ = thunk::stats::Stats::of(&opened.workdir, &opened.store.describe()).record(&tally);
     let remote = lambda.is_some() || opened.remote.is_some();
     let cost = remote.then(|| Cost::of(&tally, settings.memory_mb, &settings.prices));
+    let mut timings_report = None;
     if args.timings {
         let started_unix_s =
             force_started_unix.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
@@ -228,6 +229,8 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
         let timeline = timeline(&forcer, &opened.store, title, started_unix_s, force_started, summary).await?;
         let path = write_timings(&modelled, &timeline)?;
         shell.status("Timing", &format!("report saved to {}", path.display()));
+        let bars: usize = timeline.workers.iter().map(|worker| worker.bars.len()).sum();
+        timings_report = Some(json!({ "path": path, "workers": timeline.workers.len(), "bars": bars }));
     }
 
     if json {
@@ -247,6 +250,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             "model_s": modelled.seconds,
             "force_s": force_seconds,
             "cost": cost,
+            "timings": timings_report,
             "lambda": lambda_stats.map(|stats| json!({
                 "invocations": stats.invocations,
                 "cold_starts": stats.cold_starts,
@@ -758,9 +762,11 @@ async fn timeline(
     summary: Vec<(String, String)>,
 ) -> anyhow::Result<crate::timings::Timeline> {
     let runs = forcer.runs();
-    // The forcer was made before the model phase: times count from the start of forcing.
-    let offset = force_started.saturating_duration_since(forcer.origin()).as_millis() as u64;
-    let at = |duration: std::time::Duration| (duration.as_millis() as u64).saturating_sub(offset);
+    // On the local engine forcing starts while cargo still models the build: the report starts with
+    // the first run, or with the force phase if nothing ran before it.
+    let force_phase = force_started.saturating_duration_since(forcer.origin());
+    let origin = runs.iter().map(|run| run.start).min().unwrap_or(force_phase).min(force_phase);
+    let at = |duration: std::time::Duration| duration.saturating_sub(origin).as_millis() as u64;
     let by_thunk: HashMap<Hash, &thunk::force::Run> = runs.iter().map(|run| (run.thunk, run)).collect();
     let mut links: HashMap<Hash, Vec<Hash>> = HashMap::new();
     let mut names: HashMap<Hash, (String, String)> = HashMap::new();
@@ -812,10 +818,11 @@ async fn timeline(
         let local = worker.name.strip_prefix("local ").and_then(|n| n.parse::<u64>().ok());
         (local.is_some(), local.unwrap_or(0), worker.name.clone())
     });
+    let started_unix_s = started_unix_s.saturating_sub((force_phase - origin).as_secs());
     Ok(crate::timings::Timeline {
         title,
         started_unix_s,
-        wall_ms: force_started.elapsed().as_millis() as u64,
+        wall_ms: forcer.origin().elapsed().saturating_sub(origin).as_millis() as u64,
         workers,
         summary,
     })

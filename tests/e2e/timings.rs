@@ -1,0 +1,37 @@
+//! `--timings`: the per-worker HTML report renders in headless Chromium (Debian's, installed by
+//! `scripts/dev-services up`) with one row per worker and one bar per thunk the build ran.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::{Build, Project};
+
+/// Renders the report the build wrote with `scripts/check-timeline` and checks what Chromium shows
+/// against what the build says it drew.
+pub fn assert_timeline_renders(build: &Build, dir: &Path) -> serde_json::Value {
+    let report = &build.summary["timings"];
+    let path = report["path"].as_str().unwrap_or_else(|| panic!("no timings in {}", build.summary));
+    let png = dir.join("timeline.png");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-timeline");
+    let output = Command::new(script).arg(path).arg(&png).output().unwrap();
+    assert!(output.status.success(), "check-timeline failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["workers"], report["workers"], "one row per worker: {seen} vs {report}");
+    assert_eq!(seen["bars"], report["bars"], "one bar per thunk: {seen} vs {report}");
+    assert!(seen["critical"].as_u64().unwrap() >= 1, "the critical path is highlighted: {seen}");
+    let bars = report["bars"].as_u64().unwrap();
+    assert_eq!(seen["slowest_rows"].as_u64().unwrap(), bars.min(20), "{seen}");
+    assert!(seen["screenshot_bytes"].as_u64().unwrap() > 10_000, "a screenshot with something on it: {seen}");
+    seen
+}
+
+#[test]
+fn the_timeline_of_a_local_build_renders_a_row_per_slot_and_a_bar_per_thunk() {
+    let project = Project::fixture("workspace");
+    let build = project.lambdabuild(&["--all-targets", "--timings", "--engine", "local=2"]).success();
+    let seen = assert_timeline_renders(&build, project.dir.path());
+    assert!(seen["bars"].as_u64().unwrap() >= 10, "{seen}");
+    assert!((1..=2).contains(&seen["workers"].as_u64().unwrap()), "local=2 has at most two rows: {seen}");
+    let html = std::fs::read_to_string(build.summary["timings"]["path"].as_str().unwrap()).unwrap();
+    assert!(!html.contains("http"), "the report opens without a network");
+}
