@@ -95,6 +95,9 @@ pub struct Function {
     toolchains: Mutex<()>,
     /// This instance's name in the client's timeline.
     instance: u64,
+    /// Which of the invocations this process serves at once are busy: on Lambda one, with managed
+    /// instances or the local emulator several, each a worker of its own in the timeline.
+    slots: thunk::slots::Lanes,
 }
 
 struct Opened {
@@ -110,17 +113,27 @@ impl Function {
         let seed = format!("{nanos} {} {}", std::process::id(), cache_dir.display());
         let digest = thunk::Hash::of(seed.as_bytes()).to_hex();
         let instance = u64::from_str_radix(&digest[..16], 16).unwrap_or_default();
-        Function { cache_dir, cache_limit, stores: Mutex::new(HashMap::new()), toolchains: Mutex::new(()), instance }
+        Function {
+            cache_dir,
+            cache_limit,
+            stores: Mutex::new(HashMap::new()),
+            toolchains: Mutex::new(()),
+            instance,
+            slots: thunk::slots::Lanes::default(),
+        }
     }
 
     /// Handles one invocation; every outcome is an answer (a compile error is a reduction too).
     pub async fn handle(&self, invocation: Invocation) -> InvocationResult {
         let started = Instant::now();
+        let slot = self.slots.take();
         let result = self.run(invocation, started).await;
+        self.slots.give_back(slot);
         self.trim_cache().await;
         match result {
             Ok((reduction, mut timings)) => {
                 timings.total_ms = started.elapsed().as_millis() as u64;
+                timings.slot = slot as u32;
                 InvocationResult::Reduced { reduction: Box::new(reduction), timings }
             }
             Err(failure) => InvocationResult::Failed { retryable: failure.retryable, message: failure.message },
@@ -162,6 +175,7 @@ impl Function {
             total_ms: started.elapsed().as_millis() as u64,
             fetch_ms: phases.fetch_ms,
             instance: self.instance,
+            slot: 0,
         };
         Ok((reduction, timings))
     }

@@ -145,3 +145,56 @@ fn describe_explains_what_it_cannot_find() {
          reads version 3; use the same cargo-lambdabuild version that wrote it, or rebuild to write it anew\n"
     );
 }
+
+/// `cargo lambdabuild stats --json` with exactly these settings, in `dir`.
+fn stats_with(dir: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> serde_json::Value {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-lambdabuild"));
+    crate::support::hygienic(&mut command)
+        .args(["lambdabuild", "stats", "--json"])
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("LAMBDABUILD_CACHE_DIR", dir.join("cache"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn a_flag_beats_its_variable_which_beats_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::create_dir_all(dir.path().join("config/lambdabuild")).unwrap();
+    let config = format!("store = \"{}\"\n[prices]\nlambda-request = 1.0\n", path("from-file"));
+    std::fs::write(dir.path().join("config/lambdabuild/config.toml"), config).unwrap();
+
+    assert_eq!(stats_with(dir.path(), &[], &[])["store"], path("from-file"));
+    let variable = [("LAMBDABUILD_STORE", path("from-variable"))];
+    assert_eq!(stats_with(dir.path(), &[], &variable)["store"], path("from-variable"));
+    let flag = ["--store", &path("from-flag")];
+    assert_eq!(stats_with(dir.path(), &flag, &variable)["store"], path("from-flag"));
+
+    // LAMBDABUILD_CONFIG names another file; a file that is named but missing is an error.
+    std::fs::write(dir.path().join("other.toml"), format!("store = \"{}\"\n", path("from-other"))).unwrap();
+    let other = [("LAMBDABUILD_CONFIG", path("other.toml"))];
+    assert_eq!(stats_with(dir.path(), &[], &other)["store"], path("from-other"));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-lambdabuild"));
+    let output = crate::support::hygienic(&mut command)
+        .args(["lambdabuild", "stats", "--config", &path("missing.toml")])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(101));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml does not exist"));
+
+    // A misspelt key is an error that names the file, not a silent default.
+    std::fs::write(dir.path().join("config/lambdabuild/config.toml"), "stor = \"x\"\n").unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cargo-lambdabuild"));
+    let output = crate::support::hygienic(&mut command)
+        .args(["lambdabuild", "stats"])
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(101));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("config.toml is not a valid config file"));
+}

@@ -153,7 +153,7 @@ struct Inner {
     runs: Mutex<Vec<Run>>,
     counters: Counters,
     /// Which local lanes (the timeline's rows) are busy.
-    lanes: Mutex<Vec<bool>>,
+    lanes: crate::slots::Lanes,
 }
 
 /// The remote engine, its slots, and how its failures have gone.
@@ -199,7 +199,7 @@ impl Forcer {
                 origin: std::time::Instant::now(),
                 runs: Mutex::new(Vec::new()),
                 counters: Counters::default(),
-                lanes: Mutex::new(Vec::new()),
+                lanes: crate::slots::Lanes::default(),
             }),
         }
     }
@@ -420,7 +420,7 @@ impl Forcer {
         }
         let _token = self.acquire_token().await;
         let _running = Running::start(&self.inner.counters);
-        let lane = self.take_lane();
+        let lane = self.inner.lanes.take();
         let start = self.inner.origin.elapsed();
         let early = self.early_sender(hash);
         let announce: EarlyOutput = Arc::new(move |output, file| {
@@ -434,7 +434,7 @@ impl Forcer {
             .execute_in_place(&thunk, &ready, Some(announce))
             .await
             .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }));
-        self.give_back_lane(lane);
+        self.inner.lanes.give_back(lane);
         let in_place = in_place?;
         self.note_run(hash, format!("local {}", lane + 1), start, in_place.phases);
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared, fallback })
@@ -494,22 +494,6 @@ impl Forcer {
         let end = self.inner.origin.elapsed();
         let run = Run { thunk, worker, start, end, phases };
         self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).push(run);
-    }
-
-    /// The lowest local lane not in use: the row of the timeline this run goes on.
-    fn take_lane(&self) -> usize {
-        let mut lanes = self.inner.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        let lane = lanes.iter().position(|busy| !busy).unwrap_or(lanes.len());
-        if lane == lanes.len() {
-            lanes.push(true);
-        } else {
-            lanes[lane] = true;
-        }
-        lane
-    }
-
-    fn give_back_lane(&self, lane: usize) {
-        self.inner.lanes.lock().unwrap_or_else(|e| e.into_inner())[lane] = false;
     }
 
     /// The stored reduction of `hash`, if there is one whose output blobs the store still has. A

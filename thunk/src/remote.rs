@@ -84,10 +84,14 @@ pub struct Timings {
     /// Of `executor_ms`: obtaining the inputs (the rest is storing the outputs).
     #[serde(default)]
     pub fetch_ms: u64,
-    /// The function instance that ran it (random, drawn when the instance starts): one row of the
-    /// timeline per instance.
+    /// The function instance that ran it (random, drawn when the instance starts): with `slot`, one
+    /// row of the timeline.
     #[serde(default)]
     pub instance: u64,
+    /// Which of the invocations the instance served at once this was (always 0 on Lambda, where an
+    /// instance serves one at a time).
+    #[serde(default)]
+    pub slot: u32,
 }
 
 /// A thunk run by a remote engine: its reduction (already in the store), and where and how it ran.

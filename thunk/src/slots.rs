@@ -92,9 +92,46 @@ impl Drop for Slot {
     }
 }
 
+/// Numbered lanes for things running at once, each taking the lowest free number: the rows of a
+/// timeline (a local slot, a function serving several invocations).
+#[derive(Debug, Default)]
+pub struct Lanes {
+    busy: Mutex<Vec<bool>>,
+}
+
+impl Lanes {
+    /// Takes the lowest lane not in use.
+    pub fn take(&self) -> usize {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let lane = busy.iter().position(|busy| !busy).unwrap_or(busy.len());
+        if lane == busy.len() {
+            busy.push(true);
+        } else {
+            busy[lane] = true;
+        }
+        lane
+    }
+
+    /// Frees `lane`.
+    pub fn give_back(&self, lane: usize) {
+        if let Some(busy) = self.busy.lock().unwrap_or_else(|e| e.into_inner()).get_mut(lane) {
+            *busy = false;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_are_the_lowest_free_numbers() {
+        let lanes = Lanes::default();
+        assert_eq!((lanes.take(), lanes.take(), lanes.take()), (0, 1, 2));
+        lanes.give_back(1);
+        assert_eq!(lanes.take(), 1);
+        assert_eq!(lanes.take(), 3);
+    }
 
     fn thunk(name: &str) -> Hash {
         Hash::of(name.as_bytes())

@@ -201,7 +201,10 @@ impl RemoteEngine for LambdaEngine {
                 };
                 Ok(RemoteRun {
                     reduction: *reduction,
-                    worker: format!("lambda {:08x}", timings.instance >> 32),
+                    worker: match timings.slot {
+                        0 => format!("lambda {:08x}", timings.instance >> 32),
+                        slot => format!("lambda {:08x}.{slot}", timings.instance >> 32),
+                    },
                     phases,
                     overhead_ms: wall_ms.saturating_sub(timings.total_ms),
                 })
