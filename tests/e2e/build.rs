@@ -149,3 +149,30 @@ fn a_damaged_output_blob_is_refused_and_deleting_it_rebuilds_it() {
     assert_eq!(rebuilt.artifact_hashes(), built);
     assert!(largest.exists(), "the blob is stored again");
 }
+
+#[test]
+fn the_progress_bar_shows_on_a_terminal_only() {
+    let project = Project::fixture("workspace");
+    // Piped stderr, as in CI logs: no bar.
+    let piped = project.lambdabuild(&["--engine", "local=1"]).success();
+    assert!(!piped.stderr.contains("Building ["), "{}", piped.stderr);
+
+    // On a terminal (script(1) gives the build one), from a cold store so there is work to show.
+    let run_on_a_terminal = |args: &str, store: &str| {
+        std::fs::remove_dir_all(project.root.join("target")).unwrap();
+        let command = format!("{} lambdabuild build --all-targets {args}", env!("CARGO_BIN_EXE_cargo-lambdabuild"));
+        let mut script = Command::new("script");
+        crate::support::hygienic(&mut script)
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(&project.root)
+            .env("LAMBDABUILD_STORE", project.dir.path().join(store));
+        let output = script.output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let shown = run_on_a_terminal("--engine local=1", "store-shown");
+    assert!(shown.contains("Building ["), "{shown}");
+    assert!(shown.contains(" running, ") && shown.contains(" queued"), "{shown}");
+    let quiet = run_on_a_terminal("--engine local=1 -q", "store-quiet");
+    assert!(!quiet.contains("Building ["), "-q shows no bar: {quiet}");
+}
