@@ -274,6 +274,13 @@ pub fn parse(args: &[String]) -> Parsed {
     if call.out_dir.as_os_str().is_empty() {
         return Parsed::PassThrough("no --out-dir");
     }
+    // Output names are built from these: a `/` or `..` in them would name files outside the out-dir.
+    // rustc refuses such a crate name itself; running it for real lets it say so.
+    let name_like =
+        |text: &str, extra: &[char]| text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c));
+    if !name_like(&call.crate_name, &[]) || !name_like(&call.extra_filename, &['-']) {
+        return Parsed::PassThrough("a crate name or extra filename that is not a plain name");
+    }
     if call
         .crate_types
         .iter()
@@ -446,5 +453,16 @@ mod tests {
         assert!(lints.args.ends_with(&["--deny".to_owned(), "warnings".to_owned()]));
         let dylib = "--crate-name d d/src/lib.rs --crate-type dylib --out-dir /o";
         assert!(matches!(parse(&args(dylib)), Parsed::PassThrough(_)));
+    }
+
+    #[test]
+    fn outputs_never_leave_the_out_dir() {
+        // Found by fuzz/fuzz_targets/rustc_args.rs: a crate name with a `/` made `/debug/deps` an output.
+        let reason = Parsed::PassThrough("a crate name or extra filename that is not a plain name");
+        for (name, extra) in [("/debug/deps", "-0123"), ("a/../../b", "-1"), ("util", "-1/../../x"), ("util", "/x")] {
+            let call =
+                format!("--crate-name {name} u/src/lib.rs --crate-type lib -C extra-filename={extra} --out-dir /o");
+            assert_eq!(parse(&args(&call)), reason, "{call}");
+        }
     }
 }
