@@ -25,6 +25,17 @@ impl Cloud {
         Cloud { services, store, dir: tempfile::tempdir().unwrap() }
     }
 
+    /// The directory in which the S3 server keeps this cloud's bucket (one file per object).
+    pub fn bucket_dir(&self) -> std::path::PathBuf {
+        let bucket = self.store.trim_start_matches("s3://").split('/').next().unwrap();
+        self.services.data.join(bucket)
+    }
+
+    /// The secret key the S3 server accepts.
+    pub fn secret_key(&self) -> &str {
+        &self.services.secret_key
+    }
+
     /// The environment of a build on a machine whose cache is `cache` (a new name: a fresh machine).
     pub fn env(&self, cache: &str) -> Vec<(String, String)> {
         let mut env = self.services.env(&self.services.endpoint);

@@ -9,6 +9,7 @@ mod lambda;
 mod proxy;
 mod ripgrep;
 mod s3;
+mod security;
 mod support;
 mod tidy;
 mod timings;
