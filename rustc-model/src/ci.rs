@@ -24,7 +24,7 @@ use thunk::stats::{Stats, Tally};
 use thunk::workdir::Workdir;
 use thunk::{Hash, Store};
 
-use crate::args::{self, Call, Emit, Parsed};
+use crate::args::{Call, Emit, Parsed};
 use crate::model::{self, Context, ModelError};
 
 /// What the configuration names: the store, and the remote engine if there is one.
@@ -53,52 +53,38 @@ pub trait Uploader: Send + Sync {
     async fn upload(&self, stores: &CiStores, thunk: Hash) -> Result<(), String>;
 }
 
-/// Handles one rustc call in CI mode.
-pub fn run(setup: &dyn CiSetup, rustc: &OsString, args: &[OsString]) -> ExitCode {
-    let Some(text_args) = args.iter().map(|a| a.to_str().map(str::to_owned)).collect::<Option<Vec<String>>>() else {
-        return crate::pass_through(rustc, args);
-    };
-    // A build script probing the compiler (no CARGO_CRATE_NAME) and cargo's own probes run for real:
-    // their success or failure is the answer.
-    if thunk::env::var("CARGO_CRATE_NAME").is_none() {
-        return crate::pass_through(rustc, args);
-    }
-    let call = match args::parse(&text_args) {
+/// Handles one rustc call in CI mode: `parsed` is what [`args::parse`] made of a call cargo made for a
+/// crate (probes have already run for real).
+pub fn run(setup: &dyn CiSetup, rustc: &OsString, args: &[OsString], parsed: Parsed) -> ExitCode {
+    let call = match parsed {
         Parsed::Probe => return crate::pass_through(rustc, args),
         Parsed::PassThrough(reason) => return run_for_real(setup, rustc, args, reason),
         Parsed::Unit(call) => call,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: rustc-model: cannot start: {error}");
+        Err(code) => return code,
+    };
+    let (stores, outcome) = match runtime.block_on(async {
+        let stores = setup.open().await?;
+        let outcome = force_unit(&stores, Path::new(rustc), &call).await;
+        Ok::<_, String>((stores, outcome))
+    }) {
+        Ok(opened) => opened,
+        Err(message) => {
+            eprintln!("error: rustc-model: {message}");
             return ExitCode::from(101);
         }
     };
-    let outcome = runtime.block_on(async {
-        let stores = setup.open().await.map_err(ModelError::Remote)?;
-        let result = force_unit(&stores, Path::new(rustc), &call).await;
-        Ok::<_, ModelError>((stores, result))
-    });
     match outcome {
-        Ok((_, Ok(code))) => code,
-        Err(ModelError::Remote(message)) => {
-            eprintln!("error: rustc-model: {message}");
-            ExitCode::from(101)
-        }
-        Ok((stores, Err(ModelError::PassThrough(_)))) => {
-            record(&stores, &Tally { passed_through: 1, ..Tally::default() });
-            crate::pass_through(rustc, args)
-        }
-        Ok((stores, Err(error))) => {
-            // The model failing never fails the build: rustc can still do it.
-            eprintln!("warning: rustc-model: {error}; running rustc for `{}` directly", call.crate_name);
-            record(&stores, &Tally { passed_through: 1, ..Tally::default() });
-            crate::pass_through(rustc, args)
-        }
+        Ok(code) => code,
         Err(error) => {
-            eprintln!("error: rustc-model: {error}");
-            ExitCode::from(101)
+            // The model failing never fails the build: rustc can still do it.
+            if !matches!(error, ModelError::PassThrough(_)) {
+                eprintln!("warning: rustc-model: {error}; running rustc for `{}` directly", call.crate_name);
+            }
+            record(&stores, &Tally { passed_through: 1, ..Tally::default() });
+            crate::pass_through(rustc, args)
         }
     }
 }
@@ -108,7 +94,7 @@ fn run_for_real(setup: &dyn CiSetup, rustc: &OsString, args: &[OsString], reason
     if thunk::env::var("LAMBDABUILD_VERBOSE").is_some() {
         eprintln!("note: rustc-model: running rustc for real: {reason}");
     }
-    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+    if let Ok(runtime) = crate::runtime()
         && let Ok(stores) = runtime.block_on(setup.open())
     {
         record(&stores, &Tally { passed_through: 1, ..Tally::default() });
@@ -150,7 +136,7 @@ async fn force_unit(stores: &CiStores, rustc: &Path, call: &Call) -> Result<Exit
         forcer = forcer.with_remote(Arc::clone(engine), 1);
     }
     let forced = forcer.force(modelled.hash).await;
-    let mut tally = Tally { traffic: stores.store.traffic(), ..Tally::default() };
+    let mut tally = Tally::default();
     for (hash, outcome) in forcer.outcomes() {
         match outcome {
             // A dependency's reduction read on the way is not a hit of this call: its own call counted it.

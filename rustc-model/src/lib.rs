@@ -45,14 +45,25 @@ pub fn main(ci: &dyn ci::CiSetup) -> ExitCode {
         return ExitCode::from(101);
     };
     let args: Vec<OsString> = args.collect();
-    let Some(session_dir) = thunk::env::session_dir() else {
-        if thunk::env::var("LAMBDABUILD_WRAPPER").is_some_and(|value| value == "off") {
-            return pass_through(&rustc, &args);
-        }
-        return ci::run(ci, &rustc, &args);
-    };
+    let session_dir = thunk::env::session_dir();
+    if session_dir.is_none() && thunk::env::var("LAMBDABUILD_WRAPPER").is_some_and(|value| value == "off") {
+        return pass_through(&rustc, &args);
+    }
     let Some(text_args) = args.iter().map(|a| a.to_str().map(str::to_owned)).collect::<Option<Vec<String>>>() else {
         return pass_through(&rustc, &args);
+    };
+    // Cargo sets CARGO_CRATE_NAME for the crates it compiles; a build script probing the compiler
+    // (anyhow, proc-macro2, autocfg) runs rustc with the script's environment, which lacks it. A probe
+    // must really compile: its success or failure is the answer the script wants.
+    if thunk::env::var("CARGO_CRATE_NAME").is_none() {
+        return pass_through(&rustc, &args);
+    }
+    let parsed = args::parse(&text_args);
+    if parsed == Parsed::Probe {
+        return pass_through(&rustc, &args);
+    }
+    let Some(session_dir) = session_dir else {
+        return ci::run(ci, &rustc, &args, parsed);
     };
     let session = match Session::open(&session_dir) {
         Ok(session) => session,
@@ -61,13 +72,7 @@ pub fn main(ci: &dyn ci::CiSetup) -> ExitCode {
             return ExitCode::from(101);
         }
     };
-    // Cargo sets CARGO_CRATE_NAME for the crates it compiles; a build script probing the compiler
-    // (anyhow, proc-macro2, autocfg) runs rustc with the script's environment, which lacks it. A probe
-    // must really compile: its success or failure is the answer the script wants.
-    if thunk::env::var("CARGO_CRATE_NAME").is_none() {
-        return pass_through(&rustc, &args);
-    }
-    let call = match args::parse(&text_args) {
+    let call = match parsed {
         Parsed::Probe => return pass_through(&rustc, &args),
         Parsed::PassThrough(reason) => {
             let crate_name = crate_name_of(&text_args);
@@ -75,12 +80,9 @@ pub fn main(ci: &dyn ci::CiSetup) -> ExitCode {
         }
         Parsed::Unit(call) => call,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: rustc-model: cannot start: {error}");
-            return ExitCode::from(101);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(model_call(&session, Path::new(&rustc), &call)) {
         Ok(code) => code,
@@ -93,6 +95,14 @@ pub fn main(ci: &dyn ci::CiSetup) -> ExitCode {
             run_for_real(&session, &rustc, &args, &call.crate_name, format!("the model failed: {error}"), &text_args)
         }
     }
+}
+
+/// The single-threaded runtime a wrapper's async work runs on, or the exit code when there is none.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {
+        eprintln!("error: rustc-model: cannot start: {error}");
+        ExitCode::from(101)
+    })
 }
 
 fn crate_name_of(args: &[String]) -> String {

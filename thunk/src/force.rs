@@ -180,9 +180,27 @@ impl Forcer {
         // tokens left, so a thunk running alone (the tail of a build) uses every core and N running
         // thunks use N threads.
         let jobserver = jobserver::Client::new(slots.max(1) - 1).ok();
+        Forcer::assemble(store, workdir, slots, jobserver.clone(), jobserver)
+    }
+
+    /// A forcer for one process among the many cargo runs (a CI-mode wrapper): one thunk at a time, on
+    /// the token cargo gave this process, with rustc's extra threads taken from cargo's `jobserver`.
+    pub fn with_jobserver(store: Store, workdir: Workdir, jobserver: Option<jobserver::Client>) -> Forcer {
+        Forcer::assemble(store, workdir, 1, None, jobserver)
+    }
+
+    /// A forcer whose running thunks hold tokens of `own` (beyond the implicit one), and whose rustc
+    /// takes its extra threads from `for_rustc`.
+    fn assemble(
+        store: Store,
+        workdir: Workdir,
+        slots: usize,
+        own: Option<jobserver::Client>,
+        for_rustc: Option<jobserver::Client>,
+    ) -> Forcer {
         let mut executor = Executor::new(store.clone(), workdir.clone(), "local");
-        if let Some(client) = &jobserver {
-            executor = executor.with_jobserver(client.clone());
+        if let Some(client) = for_rustc {
+            executor = executor.with_jobserver(client);
         }
         Forcer {
             inner: Arc::new(Inner {
@@ -190,7 +208,7 @@ impl Forcer {
                 executor,
                 workdir,
                 slots: crate::slots::Slots::new(slots),
-                jobserver,
+                jobserver: own,
                 implicit_token: std::sync::atomic::AtomicBool::new(true),
                 shapes: Mutex::new(HashMap::new()),
                 cells: Mutex::new(HashMap::new()),
@@ -202,18 +220,6 @@ impl Forcer {
                 lanes: crate::slots::Lanes::default(),
             }),
         }
-    }
-
-    /// A forcer for one process among the many cargo runs (a CI-mode wrapper): one thunk at a time, on
-    /// the token cargo gave this process, with rustc's extra threads taken from cargo's `jobserver`.
-    pub fn with_jobserver(store: Store, workdir: Workdir, jobserver: Option<jobserver::Client>) -> Forcer {
-        let mut forcer = Forcer::new(store, workdir, 1);
-        let inner = Arc::get_mut(&mut forcer.inner).expect("a new forcer is not shared");
-        inner.jobserver = None;
-        if let Some(client) = jobserver {
-            inner.executor = inner.executor.clone().with_jobserver(client);
-        }
-        forcer
     }
 
     /// The same forcer, running thunks on `engine` with `slots` in flight; the local slots remain for
@@ -401,9 +407,9 @@ impl Forcer {
                 let _ = self.force(producer).await;
             }
             match self.run_remote(remote, hash, &thunk).await {
-                Ok(reduction) => {
+                Ok(run) => {
                     return Ok(Forced {
-                        reduction: Arc::new(reduction),
+                        reduction: Arc::new(run.reduction),
                         cached: false,
                         undeclared: Vec::new(),
                         fallback,
@@ -442,17 +448,7 @@ impl Forcer {
 
     /// Runs `thunk` on the remote engine, retrying infrastructure failures with exponential backoff;
     /// `Err` says why it should run locally instead.
-    async fn run_remote(&self, remote: &Remote, hash: Hash, thunk: &crate::thunk::Thunk) -> Result<Reduction, String> {
-        let run = self.run_remote_counted(remote, hash, thunk).await?;
-        Ok(run.reduction)
-    }
-
-    async fn run_remote_counted(
-        &self,
-        remote: &Remote,
-        hash: Hash,
-        thunk: &crate::thunk::Thunk,
-    ) -> Result<RemoteRun, String> {
+    async fn run_remote(&self, remote: &Remote, hash: Hash, thunk: &crate::thunk::Thunk) -> Result<RemoteRun, String> {
         use std::sync::atomic::Ordering;
         let given_up = || remote.failures_in_a_row.load(Ordering::SeqCst) >= GIVE_UP_AFTER;
         if given_up() {
