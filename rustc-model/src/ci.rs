@@ -136,6 +136,8 @@ async fn force_unit(stores: &CiStores, rustc: &Path, call: &Call) -> Result<Exit
         forcer = forcer.with_remote(Arc::clone(engine), 1);
     }
     let forced = forcer.force(modelled.hash).await;
+    // Durations only guide later scheduling: failing to keep them fails nothing.
+    let _ = forcer.save_history();
     let mut tally = Tally::default();
     for (hash, outcome) in forcer.outcomes() {
         match outcome {

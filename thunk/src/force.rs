@@ -2,9 +2,10 @@
 //!
 //! Forcing a thunk forces its producers first (concurrently), then uses the cached reduction if the
 //! store has one, and otherwise runs the thunk: on the remote engine when there is one (N at a time,
-//! retrying infrastructure failures with backoff), and on the local engine, in place (see
-//! [`Executor::execute_in_place`]), when there is none, when the remote engine cannot run that thunk,
-//! or when it has failed too often to be worth asking. Several processes may force the same thunks
+//! retrying infrastructure failures with backoff, within a cap per thunk and one per build, and
+//! launching a second copy of a thunk that runs far past its expected time: the first result wins),
+//! and on the local engine, in place (see [`Executor::execute_in_place`]), when there is none, when
+//! the remote engine cannot run that thunk, or when it has failed too often to be worth asking. Several processes may force the same thunks
 //! at once (cargo runs many wrappers, each forcing a build script's dependencies): a lock file per
 //! thunk makes one of them run it while the others wait and then take its reduction.
 
@@ -154,6 +155,11 @@ struct Inner {
     counters: Counters,
     /// Which local lanes (the timeline's rows) are busy.
     lanes: crate::slots::Lanes,
+    /// How long units took before: what a straggler is late against.
+    history: crate::history::History,
+    /// Copies of stragglers launched.
+    relaunched: std::sync::atomic::AtomicUsize,
+    stragglers: Stragglers,
 }
 
 /// The remote engine, its slots, and how its failures have gone.
@@ -163,6 +169,24 @@ struct Remote {
     /// Thunks in a row that it failed to run even after retries; at [`GIVE_UP_AFTER`] it is no longer
     /// asked.
     failures_in_a_row: std::sync::atomic::AtomicUsize,
+    /// Invocations sent, and of those, retries and straggler copies: the build's budget.
+    sent: std::sync::atomic::AtomicUsize,
+    extra: std::sync::atomic::AtomicUsize,
+}
+
+impl Remote {
+    /// Takes one retry or straggler copy from the build's budget; `false` when it is spent. A build
+    /// whose engine fails this often is better run on this machine than retried without end.
+    fn take_extra(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let allowed = EXTRA_BASE + self.sent.load(Ordering::SeqCst) / EXTRA_PER;
+        self.extra.fetch_add(1, Ordering::SeqCst) < allowed
+    }
+
+    fn budget_spent(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.extra.load(Ordering::SeqCst) >= EXTRA_BASE + self.sent.load(Ordering::SeqCst) / EXTRA_PER
+    }
 }
 
 /// Attempts per thunk on the remote engine, the first included.
@@ -171,6 +195,32 @@ const REMOTE_ATTEMPTS: u32 = 4;
 const REMOTE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 /// Thunks in a row the remote engine may fail on before the rest of the build runs locally.
 const GIVE_UP_AFTER: usize = 3;
+/// The build's budget of retries and straggler copies: this many, plus one per [`EXTRA_PER`]
+/// invocations sent. A 10% failure rate costs about one in ten; a dead engine spends it quickly.
+const EXTRA_BASE: usize = 8;
+const EXTRA_PER: usize = 3;
+/// When a remote run is a straggler, launched again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stragglers {
+    /// A run is a straggler once it has taken `factor` times its expected time plus `slack`.
+    pub factor: u32,
+    /// Covers what the expected time does not: a cold start's unpacking of the toolchain, a slow
+    /// network.
+    pub slack: std::time::Duration,
+    /// Copies of one thunk running at once, the first included; they may exceed the engine's slots.
+    pub max_copies: usize,
+}
+
+impl Default for Stragglers {
+    fn default() -> Stragglers {
+        Stragglers { factor: 3, slack: std::time::Duration::from_secs(15), max_copies: 3 }
+    }
+}
+/// The expected time of a unit never seen before: a process start plus about a second per 32 KiB
+/// of Rust source (a debug build's pace on one core).
+fn default_expected(work: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(1_000 + work / 32)
+}
 
 impl Forcer {
     /// A forcer running at most `slots` thunks at a time on this machine.
@@ -206,7 +256,6 @@ impl Forcer {
             inner: Arc::new(Inner {
                 store,
                 executor,
-                workdir,
                 slots: crate::slots::Slots::new(slots),
                 jobserver: own,
                 implicit_token: std::sync::atomic::AtomicBool::new(true),
@@ -218,6 +267,10 @@ impl Forcer {
                 runs: Mutex::new(Vec::new()),
                 counters: Counters::default(),
                 lanes: crate::slots::Lanes::default(),
+                history: crate::history::History::open(&workdir.history_path()),
+                relaunched: std::sync::atomic::AtomicUsize::new(0),
+                stragglers: Stragglers::default(),
+                workdir,
             }),
         }
     }
@@ -230,7 +283,16 @@ impl Forcer {
             engine,
             slots: crate::slots::Slots::new(slots),
             failures_in_a_row: std::sync::atomic::AtomicUsize::new(0),
+            sent: std::sync::atomic::AtomicUsize::new(0),
+            extra: std::sync::atomic::AtomicUsize::new(0),
         });
+        Forcer { inner: Arc::new(inner) }
+    }
+
+    /// The same forcer, relaunching stragglers by `policy` instead of the default one.
+    pub fn with_stragglers(self, policy: Stragglers) -> Forcer {
+        let mut inner = Arc::into_inner(self.inner).expect("the policy is set before forcing starts");
+        inner.stragglers = policy;
         Forcer { inner: Arc::new(inner) }
     }
 
@@ -329,6 +391,23 @@ impl Forcer {
         }
     }
 
+    /// Copies of stragglers launched so far.
+    pub fn relaunched(&self) -> usize {
+        self.inner.relaunched.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Retries of remote runs that failed for the infrastructure, so far.
+    pub fn retried(&self) -> usize {
+        let extra =
+            self.inner.remote.as_ref().map_or(0, |remote| remote.extra.load(std::sync::atomic::Ordering::SeqCst));
+        extra.saturating_sub(self.relaunched())
+    }
+
+    /// Keeps the durations learned by this forcer for the next build on this machine.
+    pub fn save_history(&self) -> std::io::Result<()> {
+        self.inner.history.save()
+    }
+
     /// When this forcer was made, the origin of [`Run`]'s times.
     pub fn origin(&self) -> std::time::Instant {
         self.inner.origin
@@ -344,7 +423,19 @@ impl Forcer {
         use std::sync::atomic::Ordering;
         let counters = &self.inner.counters;
         counters.started.fetch_add(1, Ordering::SeqCst);
-        let outcome = self.force_counted(hash).await;
+        let outcome = match self.inner.store.get_thunk(hash).await {
+            Ok(thunk) => {
+                let thunk = Arc::new(thunk);
+                let outcome = self.force_counted(hash, Arc::clone(&thunk)).await;
+                if let Ok(forced) = &outcome
+                    && forced.reduction.succeeded()
+                {
+                    self.inner.history.record(&thunk, forced.reduction.duration_ms);
+                }
+                outcome
+            }
+            Err(error) => Err(Arc::new(error.into())),
+        };
         if outcome.as_ref().is_ok_and(|forced| forced.cached) {
             counters.cached.fetch_add(1, Ordering::SeqCst);
         }
@@ -352,9 +443,7 @@ impl Forcer {
         outcome
     }
 
-    async fn force_counted(&self, hash: Hash) -> Outcome {
-        let store = &self.inner.store;
-        let thunk = store.get_thunk(hash).await.map_err(|e| Arc::new(e.into()))?;
+    async fn force_counted(&self, hash: Hash, thunk: Arc<crate::thunk::Thunk>) -> Outcome {
         let mut needed: Vec<(Hash, SandboxPath)> = thunk
             .inputs
             .values()
@@ -446,20 +535,87 @@ impl Forcer {
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared, fallback })
     }
 
-    /// Runs `thunk` on the remote engine, retrying infrastructure failures with exponential backoff;
-    /// `Err` says why it should run locally instead.
-    async fn run_remote(&self, remote: &Remote, hash: Hash, thunk: &crate::thunk::Thunk) -> Result<RemoteRun, String> {
+    /// Runs `thunk` on the remote engine, retrying infrastructure failures with exponential backoff
+    /// and launching another copy when it runs far past its expected time (the first result wins; a
+    /// losing copy's invocation is abandoned, and what it stores is content-addressed and creates no
+    /// object that exists already, so it changes nothing). `Err` says why it should run locally instead.
+    async fn run_remote(
+        &self,
+        remote: &Remote,
+        hash: Hash,
+        thunk: &Arc<crate::thunk::Thunk>,
+    ) -> Result<RemoteRun, String> {
         use std::sync::atomic::Ordering;
-        let given_up = || remote.failures_in_a_row.load(Ordering::SeqCst) >= GIVE_UP_AFTER;
-        if given_up() {
-            return Err(format!("{} failed {GIVE_UP_AFTER} thunks in a row", remote.engine.name()));
+        if let Some(reason) = self.remote_refused(remote) {
+            return Err(reason);
         }
         let _slot = remote.slots.acquire(hash).await;
         let _running = Running::start(&self.inner.counters);
+        let patience = self.patience(hash, thunk).await;
+        let mut copies = tokio::task::JoinSet::new();
+        let launch = |copies: &mut tokio::task::JoinSet<Result<RemoteRun, String>>| {
+            let (this, thunk) = (self.clone(), Arc::clone(thunk));
+            copies.spawn(async move { this.remote_attempts(hash, &thunk).await });
+        };
+        launch(&mut copies);
+        let late = tokio::time::sleep(patience);
+        tokio::pin!(late);
+        let mut last_error = None;
+        loop {
+            tokio::select! {
+                joined = copies.join_next() => match joined {
+                    Some(Ok(Ok(run))) => return Ok(run),
+                    Some(Ok(Err(reason))) => last_error = Some(reason),
+                    Some(Err(panicked)) => last_error = Some(format!("a remote run panicked: {panicked}")),
+                    None => return Err(last_error.unwrap_or_else(|| "no remote run was launched".into())),
+                },
+                () = &mut late, if copies.len() < self.inner.stragglers.max_copies => {
+                    if remote.take_extra() {
+                        self.inner.relaunched.fetch_add(1, Ordering::SeqCst);
+                        launch(&mut copies);
+                    }
+                    late.as_mut().reset(tokio::time::Instant::now() + patience);
+                }
+            }
+        }
+    }
+
+    /// Why the remote engine is no longer asked, if it is not.
+    fn remote_refused(&self, remote: &Remote) -> Option<String> {
+        use std::sync::atomic::Ordering;
+        if remote.failures_in_a_row.load(Ordering::SeqCst) >= GIVE_UP_AFTER {
+            return Some(format!("{} failed {GIVE_UP_AFTER} thunks in a row", remote.engine.name()));
+        }
+        if remote.budget_spent() {
+            return Some(format!(
+                "{} needed {} retries and relaunches in this build, its budget",
+                remote.engine.name(),
+                remote.extra.load(Ordering::SeqCst)
+            ));
+        }
+        None
+    }
+
+    /// How long a remote run of `thunk` may take before another copy is launched.
+    async fn patience(&self, hash: Hash, thunk: &crate::thunk::Thunk) -> std::time::Duration {
+        let expected = match self.inner.history.expected_ms(thunk) {
+            Some(ms) => std::time::Duration::from_millis(ms),
+            None => default_expected(self.shape_of(hash).await.map_or(0, |shape| shape.work)),
+        };
+        let policy = &self.inner.stragglers;
+        expected * policy.factor + policy.slack
+    }
+
+    /// One copy of a remote run: attempts with backoff until one answers, the thunk's attempts are
+    /// used up, or the build's budget of retries is.
+    async fn remote_attempts(&self, hash: Hash, thunk: &crate::thunk::Thunk) -> Result<RemoteRun, String> {
+        use std::sync::atomic::Ordering;
+        let remote = self.inner.remote.as_ref().expect("a remote run needs a remote engine");
         let mut backoff = REMOTE_BACKOFF;
         let mut attempt = 1;
         loop {
             let start = self.inner.origin.elapsed();
+            remote.sent.fetch_add(1, Ordering::SeqCst);
             match remote.engine.run(hash, thunk).await {
                 Ok(run) => {
                     remote.failures_in_a_row.store(0, Ordering::SeqCst);
@@ -470,11 +626,13 @@ impl Forcer {
                     return Ok(run);
                 }
                 Err(RemoteError::Final(reason)) => return Err(reason),
-                Err(RemoteError::Retryable(reason)) if attempt >= REMOTE_ATTEMPTS || given_up() => {
-                    remote.failures_in_a_row.fetch_add(1, Ordering::SeqCst);
-                    return Err(format!("{reason} (after {attempt} attempts)"));
-                }
-                Err(RemoteError::Retryable(_)) => {
+                Err(RemoteError::Retryable(reason)) => {
+                    let refused = self.remote_refused(remote);
+                    if attempt >= REMOTE_ATTEMPTS || refused.is_some() || !remote.take_extra() {
+                        remote.failures_in_a_row.fetch_add(1, Ordering::SeqCst);
+                        let why = refused.map_or_else(String::new, |refused| format!("; {refused}"));
+                        return Err(format!("{reason} (after {attempt} attempts{why})"));
+                    }
                     // Jitter, so that many thunks failing together do not retry together.
                     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
                     let jitter = std::time::Duration::from_millis(u64::from(nanos.subsec_nanos()) % 100);

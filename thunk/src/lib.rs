@@ -9,6 +9,7 @@ pub mod exec;
 pub mod force;
 pub mod hash;
 pub mod hashcache;
+pub mod history;
 pub mod manifest;
 pub mod path;
 pub mod placeholder;

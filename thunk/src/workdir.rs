@@ -9,6 +9,7 @@
 //! <store>/work/realized/          which thunk output a real file in a target dir holds
 //! <store>/work/remote/<url-hash>.known  the objects a remote store is known to hold
 //! <store>/work/stats/<store>.jsonl       the store's counters since the last reset
+//! <store>/work/history.json       how long each unit took before (see [`crate::history`])
 //! ```
 
 use std::fs;
@@ -58,6 +59,11 @@ impl Workdir {
     /// The counters of each store used on this machine (see [`crate::stats`]).
     pub fn stats_dir(&self) -> PathBuf {
         self.root.join("stats")
+    }
+
+    /// How long each unit took before.
+    pub fn history_path(&self) -> PathBuf {
+        self.root.join("history.json")
     }
 
     /// One lock file per thunk, so that processes forcing the same thunk run it once.

@@ -189,6 +189,8 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     let progress = ForceProgress::start(&forcer, &opened.store, remote_engine.clone(), settings, global.quiet);
     let report = force_and_write(&forcer, &opened.store, &modelled.roots, shell).await;
     progress.finish();
+    // Durations only guide the next build's scheduling: failing to keep them fails nothing.
+    let _ = forcer.save_history();
     let report = report?;
     let force_seconds = force_started.elapsed().as_secs_f64();
     // Build scripts were forced during the model phase, each by its own wrapper: a thunk counts once,
@@ -247,6 +249,8 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             "passed_through_reasons": passed_through,
             "executed_on": executed_on,
             "fallbacks": report.fallbacks.values().sum::<usize>(),
+            "retried": forcer.retried(),
+            "relaunched": forcer.relaunched(),
             "model_s": modelled.seconds,
             "force_s": force_seconds,
             "cost": cost,
@@ -282,6 +286,14 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             "Lambda: {} invocations, {} cold starts; overhead beyond the compiler's own time: median {} ms, p95 {} ms",
             stats.invocations, stats.cold_starts, stats.median_ms, stats.p95_ms
         ));
+    }
+    if forcer.relaunched() > 0 {
+        let relaunched = forcer.relaunched();
+        let plural = if relaunched == 1 { "" } else { "s" };
+        shell.status(
+            "Relaunched",
+            &format!("{relaunched} straggler{plural}: run{plural} far past the expected time, launched again"),
+        );
     }
     if let Some(cost) = &cost {
         shell.status("Cost", &cost.describe());

@@ -1,0 +1,145 @@
+//! The forcer against a remote engine that misbehaves on purpose: a hung run is relaunched and the
+//! first result wins; retries stop at the build's budget and the rest runs locally.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::Fixture;
+use thunk::exec::Executor;
+use thunk::force::{Forcer, Stragglers};
+use thunk::remote::{RemoteEngine, RemoteError, RemoteRun};
+use thunk::{Hash, Thunk};
+
+/// What the engine does with its n-th call (from 1).
+type Plan = dyn Fn(usize) -> Behaviour + Send + Sync;
+
+enum Behaviour {
+    Run,
+    Hang,
+    Fail,
+}
+
+/// A "remote machine" that runs thunks in a sandbox of its own, or hangs, or fails, as planned.
+struct Scripted {
+    executor: Executor,
+    plan: Box<Plan>,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl RemoteEngine for Scripted {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    async fn run(&self, _hash: Hash, thunk: &Thunk) -> Result<RemoteRun, RemoteError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        match (self.plan)(call) {
+            Behaviour::Run => {
+                let (reduction, phases) = self.executor.execute_phased(thunk).await.unwrap();
+                Ok(RemoteRun { reduction, worker: format!("scripted {call}"), phases, overhead_ms: 0 })
+            }
+            Behaviour::Hang => std::future::pending().await,
+            Behaviour::Fail => Err(RemoteError::Retryable(format!("call {call} failed on purpose"))),
+        }
+    }
+}
+
+/// A shell-script thunk that both engines can run: the local engine runs it in place, so its script
+/// and outputs live in a directory of their own under the fixture, named by sandbox paths that stand
+/// for the real ones.
+async fn thunk_in_place(fixture: &Fixture, name: &str, script: &str) -> Thunk {
+    let dir = fixture.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!("#!/bin/sh\nset -e\n{script}");
+    std::fs::write(dir.join("run.sh"), &text).unwrap();
+    std::fs::set_permissions(dir.join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let relative = dir.strip_prefix("/").unwrap().to_str().unwrap().to_owned();
+    let mut thunk = fixture.script_thunk(script, &[]).await;
+    thunk.inputs.clear();
+    thunk.inputs.insert(support::path(&format!("{relative}/run.sh")), fixture.blob(text.as_bytes(), true).await);
+    thunk.program = thunk::thunk::ProgramPath(support::path(&format!("{relative}/run.sh")));
+    thunk.cwd = Some(support::path(&relative));
+    thunk.outputs = [support::path(&format!("{relative}/out.txt"))].into();
+    thunk
+}
+
+fn output_of(forced: &thunk::force::Forced) -> thunk::reduction::OutputFile {
+    *forced.reduction.outputs.values().next().expect("one output")
+}
+
+fn scripted(fixture: &Fixture, plan: impl Fn(usize) -> Behaviour + Send + Sync + 'static) -> Arc<Scripted> {
+    let executor = Executor::new(fixture.store.clone(), fixture.workdir.clone(), "scripted");
+    Arc::new(Scripted { executor, plan: Box::new(plan), calls: AtomicUsize::new(0) })
+}
+
+#[tokio::test]
+async fn a_hung_remote_run_is_launched_again_and_the_first_result_wins() {
+    let fixture = Fixture::new();
+    let thunk = thunk_in_place(&fixture, "hung", "echo built > out.txt").await;
+    let hash = fixture.store.put_thunk(&thunk).await.unwrap();
+    let engine = scripted(&fixture, |call| if call == 1 { Behaviour::Hang } else { Behaviour::Run });
+    let forcer = Forcer::new(fixture.store.clone(), fixture.workdir.clone(), 1)
+        .with_remote(engine.clone(), 4)
+        .with_stragglers(Stragglers { factor: 1, slack: Duration::from_millis(300), max_copies: 2 });
+
+    let forced = tokio::time::timeout(Duration::from_secs(30), forcer.force(hash)).await.expect("not stuck").unwrap();
+    assert!(forced.reduction.succeeded());
+    assert_eq!(forced.reduction.engine, "scripted", "the relaunched copy ran it: {forced:?}");
+    assert_eq!(forced.fallback, None);
+    assert_eq!(forcer.relaunched(), 1);
+    assert_eq!(engine.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(fixture.store.get_blob(output_of(&forced).hash).await.unwrap(), b"built\n");
+}
+
+#[tokio::test]
+async fn the_expected_time_of_a_unit_is_learned_from_its_reductions() {
+    let fixture = Fixture::new();
+    let mut thunk = thunk_in_place(&fixture, "learned", "sleep 0.2; echo a > out.txt").await;
+    thunk.args = vec!["--crate-name".into(), "learned".into()];
+    let hash = fixture.store.put_thunk(&thunk).await.unwrap();
+    let forcer = Forcer::new(fixture.store.clone(), fixture.workdir.clone(), 1);
+    let forced = forcer.force(hash).await.unwrap();
+    forcer.save_history().unwrap();
+
+    let history = thunk::history::History::open(&fixture.workdir.history_path());
+    let expected = history.expected_ms(&thunk).expect("learned");
+    assert_eq!(expected, forced.reduction.duration_ms);
+    assert!(expected >= 200, "{expected}");
+    // A new version of the unit (other sources) is expected to take as long.
+    let mut edited = thunk.clone();
+    edited.env.insert("EDITED".into(), "1".into());
+    assert_eq!(history.expected_ms(&edited), Some(expected));
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_builds_budget_and_the_rest_runs_locally() {
+    let fixture = Fixture::new();
+    // Every first attempt fails and every retry succeeds: no thunk fails for good, so only the
+    // build's budget stops the retrying.
+    let engine = scripted(&fixture, |call| if call % 2 == 1 { Behaviour::Fail } else { Behaviour::Run });
+    let forcer = Forcer::new(fixture.store.clone(), fixture.workdir.clone(), 2).with_remote(engine.clone(), 1);
+    let mut fallbacks = Vec::new();
+    let mut on_remote = 0;
+    for number in 0..40 {
+        let thunk = thunk_in_place(&fixture, &format!("t{number}"), &format!("echo {number} > out.txt")).await;
+        let hash = fixture.store.put_thunk(&thunk).await.unwrap();
+        let forced = forcer.force(hash).await.unwrap();
+        assert!(forced.reduction.succeeded());
+        let bytes = fixture.store.get_blob(output_of(&forced).hash).await.unwrap();
+        assert_eq!(bytes, format!("{number}\n").as_bytes());
+        match &forced.fallback {
+            Some(reason) => fallbacks.push(reason.clone()),
+            None => on_remote += 1,
+        }
+    }
+    // 8 retries, plus one per 3 invocations sent: 24 thunks sent 48 invocations and used 24 retries.
+    assert!((20..=30).contains(&on_remote), "{on_remote} ran remotely; fallbacks: {fallbacks:?}");
+    assert_eq!(fallbacks.len(), 40 - on_remote);
+    assert!(fallbacks.iter().any(|reason| reason.contains("budget")), "{fallbacks:?}");
+    let calls = engine.calls.load(Ordering::SeqCst);
+    assert!(calls <= 2 * on_remote + 2, "{calls} calls for {on_remote} remote thunks");
+}
