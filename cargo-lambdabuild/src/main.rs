@@ -34,27 +34,71 @@ fn main() -> ExitCode {
 
 fn run(cli: cli::Cli, shell: &shell::Shell) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        match cli.command {
-            None => ops::build::run(&cli.global, cli.build, shell).await,
-            Some(cli::Command::Build(args)) => ops::build::run(&cli.global, *args, shell).await,
-            Some(cli::Command::Force(args)) => ops::build::force_paths(&cli.global, args, shell).await,
-            Some(cli::Command::Upload(args)) => ops::upload::run(&cli.global, *args, shell).await,
-            Some(cli::Command::Describe(args)) => {
-                ops::describe::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
+    let cli::Cli { global, build, command } = cli;
+    let forces = matches!(command, None | Some(cli::Command::Build(_)) | Some(cli::Command::Force(_)));
+    let finished = runtime.block_on(async {
+        let command = async {
+            match command {
+                None => ops::build::run(&global, build, shell).await,
+                Some(cli::Command::Build(args)) => ops::build::run(&global, *args, shell).await,
+                Some(cli::Command::Force(args)) => ops::build::force_paths(&global, args, shell).await,
+                Some(cli::Command::Upload(args)) => ops::upload::run(&global, *args, shell).await,
+                Some(cli::Command::Describe(args)) => {
+                    ops::describe::run(&global, args, shell).await.map(|()| ExitCode::SUCCESS)
+                }
+                Some(cli::Command::Toolchain(args)) => {
+                    ops::toolchain::run(&global, args, shell).await.map(|()| ExitCode::SUCCESS)
+                }
+                Some(cli::Command::Deploy(args)) => {
+                    ops::deploy::run(&global, *args, shell).await.map(|()| ExitCode::SUCCESS)
+                }
+                Some(cli::Command::Stats(args)) => {
+                    ops::stats::run(&global, args, shell).await.map(|()| ExitCode::SUCCESS)
+                }
+                Some(cli::Command::Layer(args)) => {
+                    ops::layer::run(&global, args, shell).await.map(|()| ExitCode::SUCCESS)
+                }
             }
-            Some(cli::Command::Toolchain(args)) => {
-                ops::toolchain::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
-            }
-            Some(cli::Command::Deploy(args)) => {
-                ops::deploy::run(&cli.global, *args, shell).await.map(|()| ExitCode::SUCCESS)
-            }
-            Some(cli::Command::Stats(args)) => {
-                ops::stats::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
-            }
-            Some(cli::Command::Layer(args)) => {
-                ops::layer::run(&cli.global, args, shell).await.map(|()| ExitCode::SUCCESS)
-            }
+        };
+        if !forces {
+            return command.await.map(Some);
         }
-    })
+        tokio::select! {
+            finished = command => finished.map(Some),
+            () = interrupted() => Ok(None),
+        }
+    })?;
+    if let Some(code) = finished {
+        return Ok(code);
+    }
+    // Interrupted: the command's futures are dropped (a dropped run kills its program and puts back
+    // the placeholders it was writing over); stop what detached tasks still run, then undo whatever
+    // is left half done, as the next build would.
+    thunk::exec::kill_running_programs();
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    let undone = ops::open_workdir(&global).and_then(|workdir| Ok(workdir.journal().recover()?));
+    if let Ok(undone) = undone
+        && undone.entries > 0
+    {
+        shell.status(
+            "Recovered",
+            &format!("{} placeholders put back, {} partial files removed", undone.restored, undone.removed),
+        );
+    }
+    shell.error("interrupted; what finished is in the store: run the same command again to resume");
+    Ok(ExitCode::from(130))
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without handlers the signals keep their default action, which stops the process anyway.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
 }

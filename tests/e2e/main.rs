@@ -5,6 +5,7 @@ mod build;
 mod ci;
 mod cli;
 mod deploy;
+mod interrupt;
 mod lambda;
 mod proxy;
 mod ripgrep;

@@ -391,6 +391,14 @@ impl Executor {
             }
             previous_mtimes.push(fs::metadata(&file).and_then(|m| m.modified()).ok());
         }
+        // rustc writes over the placeholders itself: until it is done and its outputs are stored, a
+        // journal entry can put them back (see `crate::journal`).
+        let pending = self
+            .workdir
+            .journal()
+            .begin(thunk.outputs.iter().map(real))
+            .map_err(sandbox_error("cannot write the journal entry"))?;
+        let pending = Arc::new(Mutex::new(Some(pending)));
         let sandboxes = self.workdir.sandboxes_dir();
         let capture = tempfile::Builder::new()
             .prefix("in-place-")
@@ -405,6 +413,12 @@ impl Executor {
         let dropped_remap = MIRROR_REMAP.replace(SANDBOX_TOKEN, "");
         launch.args.retain(|arg| *arg != dropped_remap);
         launch.jobserver = self.jobserver.clone();
+        let noting = Arc::clone(&pending);
+        launch.on_spawn = Some(Box::new(move |pid| {
+            if let Some(pending) = noting.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                let _ = pending.note_process_group(pid);
+            }
+        }));
         if let Some(early) = early {
             let outputs = thunk.outputs.clone();
             launch.on_stderr_line = Some(Arc::new(move |line: &str| {
@@ -450,6 +464,12 @@ impl Executor {
             }
         }
         let reduction = self.reduction(hash, status, outputs, stdout, stderr, &run);
+        let pending = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if reduction.status == Status::Success
+            && let Some(pending) = pending
+        {
+            pending.commit().map_err(sandbox_error("cannot remove the journal entry"))?;
+        }
         if undeclared.is_empty() {
             self.store.put_reduction(&reduction).await?;
         }
@@ -633,6 +653,8 @@ impl Executor {
         if self.workdir.hash_cache().digest(&path).is_ok_and(|digest| digest.hash == file.hash) {
             return Ok(());
         }
+        let pending =
+            self.workdir.journal().begin([path.clone()]).map_err(sandbox_error("cannot write the journal entry"))?;
         let written = if file.size >= RAW_REALIZE_MIN {
             // Decompressed and verified once into the machine's cache, then copied in the kernel: a
             // release binary of tens of MB is realized again on every CI run from an empty target dir.
@@ -643,6 +665,7 @@ impl Executor {
             crate::realize::realize(&path, &bytes, file.executable)
         };
         written.map_err(sandbox_error(format!("cannot write {}", path.display())))?;
+        pending.commit().map_err(sandbox_error("cannot remove the journal entry"))?;
         let _ = self.workdir.record_realized(&path, thunk, output, file.hash);
         Ok(())
     }
@@ -807,6 +830,8 @@ struct Launch {
     on_stderr_line: Option<StderrWatcher>,
     /// The jobserver the program may take extra threads from (not part of the thunk: it only paces).
     jobserver: Option<jobserver::Client>,
+    /// Called with the program's process group once it runs.
+    on_spawn: Option<Box<dyn FnOnce(libc::pid_t) + Send>>,
 }
 
 /// A callback for each line a program writes on stderr, while it runs.
@@ -828,6 +853,7 @@ impl Launch {
             capture_dir: capture_dir.to_owned(),
             on_stderr_line: None,
             jobserver: None,
+            on_spawn: None,
         }
     }
 }
@@ -854,6 +880,7 @@ async fn run(thunk: &Thunk, hash: Hash, launch: Launch) -> Result<RunResult, Exe
     if let Some(client) = &launch.jobserver {
         client.configure(&mut command);
     }
+    die_with_this_process(&mut command);
     let started = Instant::now();
     let mut child = command.spawn().map_err(|source| ExecError::Spawn { program: thunk.program.0.clone(), source })?;
     // With a watcher, a thread copies stderr to its file line by line and shows each line to the
@@ -876,7 +903,10 @@ async fn run(thunk: &Thunk, hash: Hash, launch: Launch) -> Result<RunResult, Exe
         })),
         _ => None,
     };
-    let group = ProcessGroup { pid: child.id() as libc::pid_t, reaped: Arc::new(Mutex::new(false)) };
+    let group = ProcessGroup::started(child.id() as libc::pid_t);
+    if let Some(on_spawn) = launch.on_spawn {
+        on_spawn(group.pid);
+    }
     let waiter = {
         let group = group.clone_handle();
         tokio::task::spawn_blocking(move || group.wait())
@@ -920,7 +950,49 @@ struct WaitHandle {
     reaped: Arc<Mutex<bool>>,
 }
 
+/// Makes the program die when the thread that starts it does (the whole process, for the threads of
+/// a tokio runtime, which live as long as it). The program leads a process group of its own, which a
+/// terminal's Ctrl-C does not reach, and nothing of a killed process (`kill -9`) runs: without this, a
+/// rustc running in place would go on writing into a target dir after its forcer died.
+fn die_with_this_process(command: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died before the request took effect.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The process groups of programs running now, so that an interrupted process can stop them all.
+static RUNNING: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+/// Kills every program this process is running (a Ctrl-C stops the build, not only this process:
+/// each program leads a process group of its own, which a terminal's signal does not reach). Returns
+/// how many there were.
+pub fn kill_running_programs() -> usize {
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    for pid in running.iter() {
+        // SAFETY: kill(2) has no memory-safety preconditions; a group leaves the list before it is
+        // reaped, so the id is still ours.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    running.len()
+}
+
 impl ProcessGroup {
+    fn started(pid: libc::pid_t) -> ProcessGroup {
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+        ProcessGroup { pid, reaped: Arc::new(Mutex::new(false)) }
+    }
+
     fn clone_handle(&self) -> WaitHandle {
         WaitHandle { pid: self.pid, reaped: Arc::clone(&self.reaped) }
     }
@@ -961,6 +1033,7 @@ impl WaitHandle {
         let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: as above; the child is a zombie, so its pid still names our group.
         unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).retain(|pid| *pid != self.pid);
         let mut status = 0;
         // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
         let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -160,6 +160,8 @@ struct Inner {
     /// Copies of stragglers launched.
     relaunched: std::sync::atomic::AtomicUsize,
     stragglers: Stragglers,
+    /// What this forcer undid of an interrupted one's writes when it started.
+    recovered: crate::journal::Recovered,
 }
 
 /// The remote engine, its slots, and how its failures have gone.
@@ -248,6 +250,8 @@ impl Forcer {
         own: Option<jobserver::Client>,
         for_rustc: Option<jobserver::Client>,
     ) -> Forcer {
+        // Before anything is forced or written: undo what an interrupted forcer left half done.
+        let recovered = workdir.journal().recover().unwrap_or_default();
         let mut executor = Executor::new(store.clone(), workdir.clone(), "local");
         if let Some(client) = for_rustc {
             executor = executor.with_jobserver(client);
@@ -270,6 +274,7 @@ impl Forcer {
                 history: crate::history::History::open(&workdir.history_path()),
                 relaunched: std::sync::atomic::AtomicUsize::new(0),
                 stragglers: Stragglers::default(),
+                recovered,
                 workdir,
             }),
         }
@@ -389,6 +394,11 @@ impl Forcer {
             running,
             queued: started.saturating_sub(done + running),
         }
+    }
+
+    /// What this forcer undid, when it started, of the writes of forcers that were interrupted.
+    pub fn recovered(&self) -> crate::journal::Recovered {
+        self.inner.recovered
     }
 
     /// Copies of stragglers launched so far.

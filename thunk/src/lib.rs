@@ -10,6 +10,7 @@ pub mod force;
 pub mod hash;
 pub mod hashcache;
 pub mod history;
+pub mod journal;
 pub mod manifest;
 pub mod path;
 pub mod placeholder;

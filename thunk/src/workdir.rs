@@ -9,6 +9,7 @@
 //! <store>/work/realized/          which thunk output a real file in a target dir holds
 //! <store>/work/remote/<url-hash>.known  the objects a remote store is known to hold
 //! <store>/work/stats/<store>.jsonl       the store's counters since the last reset
+//! <store>/work/writing/*.entry  writes into target dirs under way (see [`crate::journal`])
 //! <store>/work/history.json       how long each unit took before (see [`crate::history`])
 //! ```
 
@@ -59,6 +60,11 @@ impl Workdir {
     /// The counters of each store used on this machine (see [`crate::stats`]).
     pub fn stats_dir(&self) -> PathBuf {
         self.root.join("stats")
+    }
+
+    /// The journal of writes into target dirs.
+    pub fn journal(&self) -> crate::journal::Journal {
+        crate::journal::Journal::new(self.root.join("writing"))
     }
 
     /// How long each unit took before.

@@ -137,6 +137,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     let engines = Engines::parse(&settings.engine)?;
     let opened = super::open_store(global).await?;
     let mut forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), engines.local);
+    report_recovery(&forcer, shell);
     let lambda = match engines.lambda {
         Some(invocations) => {
             let Some(url) = &opened.remote else {
@@ -307,6 +308,21 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
     }
 }
 
+/// Says what the forcer undid of an interrupted build's writes, if anything.
+pub fn report_recovery(forcer: &Forcer, shell: &Shell) {
+    let recovered = forcer.recovered();
+    if recovered.entries == 0 {
+        return;
+    }
+    shell.status(
+        "Recovered",
+        &format!(
+            "an interrupted build's writes: {} placeholders put back, {} partial files removed, {} programs stopped",
+            recovered.restored, recovered.removed, recovered.killed
+        ),
+    );
+}
+
 fn passed_through(records: &[Record]) -> BTreeMap<String, usize> {
     let mut reasons = BTreeMap::new();
     for record in records {
@@ -359,6 +375,29 @@ pub async fn model(
     Ok(modelled.map(|modelled| Modelled { _session: Some(session_dir), ..modelled }))
 }
 
+/// Interrupts cargo (as Ctrl-C would) if the build is abandoned while it runs: the build was
+/// interrupted, and cargo, unless the signal came from the terminal, would not know.
+struct InterruptOnDrop {
+    pid: libc::pid_t,
+    armed: bool,
+}
+
+impl InterruptOnDrop {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            // SAFETY: kill(2) has no memory-safety preconditions; cargo is not reaped yet, so the id
+            // is still its own.
+            unsafe { libc::kill(self.pid, libc::SIGINT) };
+        }
+    }
+}
+
 /// Runs cargo with the wrapper; `None` when cargo failed (its errors are already on stderr).
 async fn run_cargo(
     global: &GlobalArgs,
@@ -388,6 +427,7 @@ async fn run_cargo(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = command.spawn().context("cannot run cargo")?;
+    let interrupts = InterruptOnDrop { pid: child.id() as libc::pid_t, armed: true };
     let stdout = child.stdout.take().expect("piped");
     let (lines_in, mut lines) = tokio::sync::mpsc::unbounded_channel();
     let reader = std::thread::spawn(move || {
@@ -429,6 +469,7 @@ async fn run_cargo(
     }
     let _ = reader.join();
     let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    interrupts.disarm();
     if !status.success() {
         return Ok(None);
     }
@@ -649,6 +690,7 @@ pub async fn force_paths(global: &GlobalArgs, args: ForceArgs, shell: &Shell) ->
         }
     }
     let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
+    report_recovery(&forcer, shell);
     let report = force_and_write(&forcer, &opened.store, &roots(&artifacts), shell).await?;
     shell.status("Forced", &format!("{} executed, {} cached", report.executed, report.cached));
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(101) })

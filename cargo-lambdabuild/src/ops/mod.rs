@@ -17,3 +17,9 @@ use crate::cli::GlobalArgs;
 pub async fn open_store(global: &GlobalArgs) -> anyhow::Result<OpenStore> {
     cargo_lambdabuild::store::open_store(global.settings(), true).await
 }
+
+/// The machine-local workdir of the store the settings name, opened without talking to a remote store.
+pub fn open_workdir(global: &GlobalArgs) -> anyhow::Result<thunk::workdir::Workdir> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(runtime.block_on(cargo_lambdabuild::store::open_store(global.settings(), false))?.workdir)
+}
