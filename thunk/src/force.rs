@@ -396,6 +396,11 @@ impl Forcer {
         }
     }
 
+    /// The journal its writes into target dirs go through (see [`crate::journal`]).
+    pub fn journal(&self) -> crate::journal::Journal {
+        self.inner.workdir.journal()
+    }
+
     /// What this forcer undid, when it started, of the writes of forcers that were interrupted.
     pub fn recovered(&self) -> crate::journal::Recovered {
         self.inner.recovered

@@ -610,8 +610,10 @@ async fn force_and_write(forcer: &Forcer, store: &Store, roots: &[Root], shell: 
                     Ok(bytes) if produced != *path && Hash::of(&bytes) == file.hash => bytes,
                     _ => store.get_blob(file.hash).await?,
                 };
+                let pending = forcer.journal().begin([path.clone()]).context("cannot write the journal")?;
                 thunk::realize::realize(path, &bytes, file.executable || *executable)
                     .with_context(|| format!("cannot write {}", path.display()))?;
+                pending.commit().context("cannot write the journal")?;
             }
             _ => {
                 // No placeholder may pretend to be a built file: cargo rebuilds what is missing.
