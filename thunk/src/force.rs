@@ -218,10 +218,10 @@ impl Default for Stragglers {
         Stragglers { factor: 3, slack: std::time::Duration::from_secs(15), max_copies: 3 }
     }
 }
-/// The expected time of a unit never seen before: a process start plus about a second per 32 KiB
+/// The expected time of a unit never seen before: a process start plus about a second per 64 KiB
 /// of Rust source (a debug build's pace on one core).
 fn default_expected(work: u64) -> std::time::Duration {
-    std::time::Duration::from_millis(1_000 + work / 32)
+    std::time::Duration::from_millis(1_000 + work / 64)
 }
 
 impl Forcer {
