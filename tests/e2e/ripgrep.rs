@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::faults::{FailingCloud, ON_FAILING_LAMBDA};
 use crate::lambda::{Cloud, ON_LAMBDA, count};
 use crate::support::{Compare, Project, hygienic};
 
@@ -95,4 +96,33 @@ fn ripgrep_builds_byte_identical_dev_and_release() {
     let rg = project.root.join("target/lambdabuild/release/rg");
     let output = Command::new(rg).arg("needle").arg(&haystack).output().unwrap();
     assert_eq!(String::from_utf8(output.stdout).unwrap(), "the needle is here\n");
+}
+
+#[test]
+fn ripgrep_builds_byte_identical_while_a_tenth_of_s3_and_lambda_fails() {
+    if !slow_tests_enabled() {
+        return;
+    }
+    let project = ripgrep_project();
+    let cloud = FailingCloud::new();
+    cloud.fail_a_tenth();
+    let build =
+        project.assert_matches_plain_cargo_on(&["--locked"], ON_FAILING_LAMBDA, &cloud.env("laptop"), Compare::Linked);
+    let (retried, relaunched) = (count(&build, &["retried"]), count(&build, &["relaunched"]));
+    eprintln!(
+        "ripgrep on a failing cloud: {} of {} S3 requests and {} of {} invocations failed; {retried} retried, \
+         {relaunched} relaunched, {} fell back; force {:.1} s",
+        cloud.s3.injected(),
+        cloud.s3.total(),
+        cloud.function.injected(),
+        cloud.function.invocations(),
+        count(&build, &["fallbacks"]),
+        build.summary["force_s"].as_f64().unwrap_or_default(),
+    );
+    // Enough invocations for every kind of fault: a crash, a hang and a timeout, at least.
+    assert!(cloud.function.injected() >= 3, "{} Lambda faults", cloud.function.injected());
+    assert!(cloud.s3.injected() >= 50, "{} S3 faults", cloud.s3.injected());
+    assert!(count(&build, &["executed_on", "lambda"]) >= 30, "{}", build.summary);
+    assert!(relaunched >= 1, "the hung invocation was relaunched: {}", build.summary);
+    assert!(retried + relaunched >= cloud.function.injected(), "{}", build.summary);
 }
