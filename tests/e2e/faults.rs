@@ -1,5 +1,5 @@
 //! Builds on a failing cloud, on the real local services: a tenth of the S3 requests fail (the client's
-//! and the function's, through the fault proxy: throttled, erroring, dropped) and a tenth of the Lambda
+//! and the function's, through the fault proxy: throttled, erroring, dropped, or late) and a tenth of the Lambda
 //! invocations crash, hang or time out (through [`FaultyFunction`]). The builds still succeed,
 //! byte-identical to plain cargo's, and a hung thunk is launched again.
 
@@ -36,7 +36,7 @@ impl FailingCloud {
 
     /// One request in ten to S3 fails, and one invocation in ten.
     pub fn fail_a_tenth(&self) {
-        self.s3.inject(10, &[Fault::SlowDown, Fault::InternalError, Fault::Drop]);
+        self.s3.inject(10, &[Fault::SlowDown, Fault::InternalError, Fault::Drop, Fault::Slow]);
         self.function.inject(10, &[LambdaFault::Crash, LambdaFault::Hang, LambdaFault::Timeout]);
     }
 

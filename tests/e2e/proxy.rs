@@ -1,5 +1,6 @@
 //! A small HTTP proxy between the binaries under test and the real local S3 server: it counts requests
-//! by method and can inject faults (503 SlowDown, 500, dropped connections) into a share of them.
+//! by method and can inject faults (503 SlowDown, 500, dropped connections, answers two seconds late)
+//! into a share of them.
 //! The client is pointed at it with `AWS_ENDPOINT_URL`; request signatures stay valid because the
 //! proxy forwards the `Host` header it received.
 
@@ -25,6 +26,8 @@ pub enum Fault {
     InternalError,
     /// The connection is closed without an answer.
     Drop,
+    /// The answer comes, but two seconds late.
+    Slow,
 }
 
 /// The proxy, running on its own runtime thread until dropped.
@@ -133,13 +136,17 @@ impl State {
         };
         let (mut parts, body) = request.into_parts();
         let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
-        if let Some(fault) = fault {
+        if fault == Some(Fault::Slow) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        } else if let Some(fault) = fault {
             self.injected.fetch_add(1, Ordering::SeqCst);
             let (status, code) = match fault {
                 Fault::SlowDown => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
                 Fault::InternalError => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
                 // An error from the service makes hyper close the connection without an answer.
                 Fault::Drop => return Err(std::io::Error::other("injected: connection dropped")),
+                Fault::Slow => unreachable!("a slow answer is forwarded"),
             };
             let xml = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
