@@ -1,7 +1,7 @@
-//! Builds on a failing cloud, on the real local services: a tenth of the S3 requests fail (the client's
-//! and the function's, through the fault proxy: throttled, erroring, dropped, or late) and a tenth of the Lambda
-//! invocations crash, hang or time out (through [`FaultyFunction`]). The builds still succeed,
-//! byte-identical to plain cargo's, and a hung thunk is launched again.
+//! Builds on a failing cloud, on the real local services: a tenth of the S3 requests fail (the
+//! client's and the function's, through the fault proxy: throttled, erroring, dropped, or late) and a
+//! tenth of the Lambda invocations crash, hang or time out (through [`FaultyFunction`]). The builds
+//! still succeed, byte-identical to plain cargo's, and a hung thunk is launched again.
 
 use std::time::{Duration, Instant};
 
