@@ -124,8 +124,9 @@ impl Drop for Running<'_> {
 struct Shape {
     /// The thunks it links to.
     links: Vec<Hash>,
-    /// Its estimated work, in bytes of Rust source.
-    work: u64,
+    /// How long it is expected to run, in milliseconds: its unit's last duration, else an estimate
+    /// from the size of its Rust source.
+    expected_ms: u64,
 }
 
 /// Forces thunks with a bounded number of local slots.
@@ -218,10 +219,10 @@ impl Default for Stragglers {
         Stragglers { factor: 3, slack: std::time::Duration::from_secs(15), max_copies: 3 }
     }
 }
-/// The expected time of a unit never seen before: a process start plus about a second per 64 KiB
-/// of Rust source (a debug build's pace on one core).
-fn default_expected(work: u64) -> std::time::Duration {
-    std::time::Duration::from_millis(1_000 + work / 64)
+/// The expected time, in milliseconds, of a unit never seen before, from the bytes of Rust source it
+/// compiles: a process start plus about a second per 64 KiB (a debug build's pace on one core).
+fn default_expected_ms(source_bytes: u64) -> u64 {
+    1_000 + source_bytes / 64
 }
 
 impl Forcer {
@@ -301,11 +302,13 @@ impl Forcer {
         Forcer { inner: Arc::new(inner) }
     }
 
-    /// Schedules the thunks below `roots` by the critical path: a thunk's priority is the estimated
-    /// work on the longest chain from it up to a root. The work of a thunk is estimated from the size of
-    /// the Rust source it compiles, which separates a 15-second crate from a 0.2-second one well enough
-    /// that the long compiles start first (cargo, counting dependents instead, starts them late).
-    /// May be called again as more of the graph becomes known; thunks already waiting are reordered.
+    /// Schedules the thunks below `roots` by the critical path: a thunk's priority is the expected time
+    /// of the longest chain from it up to a root, so the thunk that most delays the end goes first. A
+    /// thunk's expected time is its unit's last duration (see [`crate::history`]), else an estimate
+    /// from the size of the Rust source it compiles, which still separates a 15-second crate from a
+    /// 0.2-second one well enough that the long compiles start first (cargo, counting dependents
+    /// instead, starts them late). May be called again as more of the graph becomes known; thunks
+    /// already waiting are reordered.
     pub async fn prioritize(&self, roots: &[Hash]) -> Result<(), StoreError> {
         // Depth-first, so that every thunk comes after everything it links to.
         let mut order = Vec::new();
@@ -328,7 +331,7 @@ impl Forcer {
         let mut priority: HashMap<Hash, u64> = HashMap::new();
         for hash in order.iter().rev() {
             let shape = &shapes[hash];
-            let own = priority.get(hash).copied().unwrap_or(0) + shape.work;
+            let own = priority.get(hash).copied().unwrap_or(0) + shape.expected_ms;
             priority.insert(*hash, own);
             for producer in &shape.links {
                 let entry = priority.entry(*producer).or_insert(0);
@@ -349,18 +352,19 @@ impl Forcer {
         }
         let thunk = self.inner.store.get_thunk(hash).await?;
         let mut links = Vec::new();
-        // A process start and a small crate's compile: what even an empty thunk costs.
-        let mut work = 64 * 1024;
+        let mut source_bytes = 0;
         for (path, input) in &thunk.inputs {
             match input {
                 Input::Link { thunk, .. } => links.push(*thunk),
-                Input::Blob { size, .. } if path.as_str().ends_with(".rs") => work += size,
+                Input::Blob { size, .. } if path.as_str().ends_with(".rs") => source_bytes += size,
                 _ => {}
             }
         }
         links.sort();
         links.dedup();
-        let shape = Arc::new(Shape { links, work });
+        let expected_ms =
+            self.inner.history.expected_ms(&thunk).unwrap_or_else(|| default_expected_ms(source_bytes)).max(1);
+        let shape = Arc::new(Shape { links, expected_ms });
         self.inner.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert(hash, Arc::clone(&shape));
         Ok(shape)
     }
@@ -613,10 +617,11 @@ impl Forcer {
 
     /// How long a remote run of `thunk` may take before another copy is launched.
     async fn patience(&self, hash: Hash, thunk: &crate::thunk::Thunk) -> std::time::Duration {
-        let expected = match self.inner.history.expected_ms(thunk) {
-            Some(ms) => std::time::Duration::from_millis(ms),
-            None => default_expected(self.shape_of(hash).await.map_or(0, |shape| shape.work)),
+        let expected_ms = match self.inner.history.expected_ms(thunk) {
+            Some(ms) => ms,
+            None => self.shape_of(hash).await.map_or_else(|_| default_expected_ms(0), |shape| shape.expected_ms),
         };
+        let expected = std::time::Duration::from_millis(expected_ms);
         let policy = &self.inner.stragglers;
         expected * policy.factor + policy.slack
     }

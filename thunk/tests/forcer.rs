@@ -143,3 +143,54 @@ async fn retries_stop_at_the_builds_budget_and_the_rest_runs_locally() {
     let calls = engine.calls.load(Ordering::SeqCst);
     assert!(calls <= 2 * on_remote + 2, "{calls} calls for {on_remote} remote thunks");
 }
+
+#[tokio::test]
+async fn among_ready_thunks_the_one_on_the_longest_expected_path_runs_first() {
+    let fixture = Fixture::new();
+    // Every script is instant; only the durations learned for their units tell them apart.
+    let history = thunk::history::History::open(&fixture.workdir.history_path());
+    let mut made = std::collections::HashMap::new();
+    let mut make = async |name: &str, script: &str, producer: Option<&str>, learned_ms: u64| {
+        let mut thunk = thunk_in_place(&fixture, name, script).await;
+        thunk.args = vec!["--crate-name".into(), name.into()];
+        if let Some(producer) = producer {
+            let producer: &Thunk = &made[producer];
+            let dir = thunk.cwd.clone().unwrap();
+            let output = producer.outputs.first().unwrap().clone();
+            let input = support::path(&format!("{dir}/input.txt"));
+            thunk.inputs.insert(input, thunk::Input::Link { thunk: producer.hash(), output });
+        }
+        history.record(&thunk, learned_ms);
+        fixture.store.put_thunk(&thunk).await.unwrap();
+        made.insert(name.to_owned(), thunk.clone());
+        thunk.hash()
+    };
+    let gate = make("gate", "while [ ! -e open ]; do sleep 0.02; done; echo > out.txt", None, 100).await;
+    // By source size, the three-thunk chain is the longer; by what the units took before, the
+    // two-thunk one is, by far.
+    let short1 = make("short1", "echo > out.txt", None, 100).await;
+    make("short2", "echo > out.txt", Some("short1"), 100).await;
+    let short3 = make("short3", "echo > out.txt", Some("short2"), 100).await;
+    let long1 = make("long1", "echo > out.txt", None, 5_000).await;
+    let long2 = make("long2", "echo > out.txt", Some("long1"), 5_000).await;
+    history.save().unwrap();
+
+    let forcer = Forcer::new(fixture.store.clone(), fixture.workdir.clone(), 1);
+    forcer.prioritize(&[gate, short3, long2]).await.unwrap();
+    // The gate holds the only slot while the rest queue up, the short chain first.
+    let mut forcing = vec![tokio::spawn(forcer.force(gate))];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for root in [short3, long2] {
+        forcing.push(tokio::spawn(forcer.force(root)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(fixture.dir.path().join("gate/open"), b"").unwrap();
+    for forced in forcing {
+        assert!(forced.await.unwrap().unwrap().reduction.succeeded());
+    }
+    let order: Vec<Hash> = forcer.runs().iter().map(|run| run.thunk).collect();
+    assert_eq!(order.len(), 6);
+    assert_eq!(&order[..2], &[gate, long1], "the head of the 10-second chain goes before the 0.3-second one's");
+    let position = |hash| order.iter().position(|h| *h == hash).unwrap();
+    assert!(position(long1) < position(short1), "{order:?}");
+}
