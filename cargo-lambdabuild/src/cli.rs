@@ -117,6 +117,39 @@ pub enum Command {
     /// Print the counters of the store since the last `stats --reset`: thunks executed by engine, cache
     /// hits, traffic, Lambda time and its estimated cost (CI-mode builds included)
     Stats(StatsArgs),
+    /// Predict a recorded build's wall time and cost on N Lambda workers: replays the graph `--timings`
+    /// saved through the forcer against a model of Lambda, beside the critical path (the limit)
+    Predict(PredictArgs),
+}
+
+/// `cargo lambdabuild predict`: the scale-out model's parameters (defaults in its help).
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The graph a `--timings` build saved [default: target/lambdabuild-timings/graph.json]
+    #[arg(value_name = "GRAPH")]
+    pub graph: Option<PathBuf>,
+    /// The numbers of workers (Lambda invocations in flight) to predict for
+    #[arg(long, value_name = "N,…", value_delimiter = ',', default_value = "1,2,8,64,1000")]
+    pub workers: Vec<usize>,
+    /// One invocation's round trip beyond the function's own time, in ms [default: 34, measured on
+    /// the emulator]
+    #[arg(long, value_name = "MS")]
+    pub invoke_ms: Option<u64>,
+    /// A new instance's runtime start before it fetches the toolchain, in ms [default: 250]
+    #[arg(long, value_name = "MS")]
+    pub init_ms: Option<u64>,
+    /// The packed toolchain each new instance fetches, in MB [default: 170]
+    #[arg(long, value_name = "MB")]
+    pub layer_mb: Option<u64>,
+    /// Unpacking it, in ms [default: 600]
+    #[arg(long, value_name = "MS")]
+    pub unpack_ms: Option<u64>,
+    /// One instance's throughput to and from S3, in MB/s [default: 100]
+    #[arg(long, value_name = "MB/S")]
+    pub bandwidth: Option<u64>,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cargo lambdabuild deploy`: flags, else variables, else the config file's `[deploy]` table.

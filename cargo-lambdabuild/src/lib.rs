@@ -7,6 +7,7 @@ pub mod ci;
 pub mod config;
 pub mod cost;
 pub mod engine;
+pub mod scaleout;
 pub mod store;
 pub mod timings;
 pub mod upload;

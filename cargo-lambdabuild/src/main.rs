@@ -55,6 +55,9 @@ fn run(cli: cli::Cli, shell: &shell::Shell) -> anyhow::Result<ExitCode> {
                 Some(cli::Command::Stats(args)) => {
                     ops::stats::run(&global, args, shell).await.map(|()| ExitCode::SUCCESS)
                 }
+                Some(cli::Command::Predict(args)) => {
+                    ops::predict::run(&global, args, shell).map(|()| ExitCode::SUCCESS)
+                }
                 Some(cli::Command::Layer(args)) => {
                     ops::layer::run(&global, args, shell).await.map(|()| ExitCode::SUCCESS)
                 }

@@ -35,3 +35,34 @@ fn the_timeline_of_a_local_build_renders_a_row_per_slot_and_a_bar_per_thunk() {
     let html = std::fs::read_to_string(build.summary["timings"]["path"].as_str().unwrap()).unwrap();
     assert!(!html.contains("http"), "the report opens without a network");
 }
+
+#[test]
+fn the_recorded_graph_predicts_wall_time_and_cost_on_n_lambda_workers() {
+    let project = Project::fixture("workspace");
+    let build = project.lambdabuild(&["--all-targets", "--timings", "--engine", "local=2"]).success();
+    let graph_path = Path::new(build.summary["timings"]["path"].as_str().unwrap()).with_file_name("graph.json");
+    let graph: serde_json::Value = serde_json::from_slice(&std::fs::read(&graph_path).unwrap()).unwrap();
+    let thunks = graph["thunks"].as_array().unwrap();
+    assert!(thunks.len() >= 10, "every thunk the forcer forced: {}", thunks.len());
+    assert!(thunks.iter().any(|node| !node["producers"].as_array().unwrap().is_empty()), "with its links");
+
+    let mut predict = Command::new(env!("CARGO_BIN_EXE_cargo-lambdabuild"));
+    crate::support::hygienic(&mut predict)
+        .args(["lambdabuild", "predict", "--json", "--workers", "1,4,1000"])
+        .arg(&graph_path);
+    let output = predict.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let prediction: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let critical = prediction["critical_path_s"].as_f64().unwrap();
+    let compile = prediction["compile_s"].as_f64().unwrap();
+    let rows = prediction["rows"].as_array().unwrap();
+    let predicted: Vec<f64> = rows.iter().map(|row| row["predicted_s"].as_f64().unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    assert!(critical > 0.0 && critical <= compile, "{prediction}");
+    // One worker runs every compile in turn; more never do worse; none beats the critical path.
+    assert!(predicted[0] >= compile, "{prediction}");
+    assert!(predicted[0] >= predicted[1] && predicted[1] >= predicted[2], "{prediction}");
+    assert!(predicted[2] >= critical, "{prediction}");
+    assert!(rows.iter().all(|row| row["cost_usd"].as_f64().unwrap() > 0.0), "{prediction}");
+    assert_eq!(rows[0]["invocations"].as_u64().unwrap(), thunks.len() as u64);
+}

@@ -48,18 +48,20 @@ impl Slots {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).priorities = priorities;
     }
 
-    /// Waits for a slot to run `thunk`.
+    /// Waits for a slot to run `thunk`. Even a free slot is handed over only after a moment (see
+    /// [`HANDOVER_DELAY`]), to the highest priority among the thunks that asked by then: at the start of
+    /// a build, the first thunks to ask are the shallow ones, not those on the critical path.
     pub async fn acquire(&self, thunk: Hash) -> Slot {
         let receiver = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.free > 0 && state.waiting.is_empty() {
-                state.free -= 1;
-                return Slot { state: Arc::clone(&self.state) };
-            }
             let (wake, receiver) = oneshot::channel();
             let ticket = state.next_ticket;
             state.next_ticket += 1;
             state.waiting.push(Waiter { thunk, ticket, wake });
+            if state.free > 0 {
+                state.free -= 1;
+                schedule_handover(&self.state);
+            }
             receiver
         };
         // The sender stays in the list until a slot is handed over; it is never dropped unsent.
@@ -79,17 +81,42 @@ impl State {
     }
 }
 
+/// How long a slot waits before it is handed over. A thunk publishes its outcome only after giving its
+/// slot back, so the thunks waiting for that outcome (often the next on the critical path) queue a
+/// moment later; handed over at once, the slot would go to a lower-priority thunk already waiting, and
+/// every step of the critical path would wait for one such thunk.
+const HANDOVER_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(waiter) = state.take_next() {
-            // A waiter whose task was cancelled no longer listens: try the next one.
-            if waiter.wake.send(()).is_ok() {
-                return;
-            }
-        }
-        state.free += 1;
+        schedule_handover(&self.state);
     }
+}
+
+/// Hands one slot over after [`HANDOVER_DELAY`] (at once outside a runtime).
+fn schedule_handover(state: &Arc<Mutex<State>>) {
+    let state = Arc::clone(state);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                tokio::time::sleep(HANDOVER_DELAY).await;
+                hand_over(&state);
+            });
+        }
+        Err(_) => hand_over(&state),
+    }
+}
+
+/// Gives a freed slot to the waiter to run next, or back to the pool.
+fn hand_over(state: &Mutex<State>) {
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(waiter) = state.take_next() {
+        // A waiter whose task was cancelled no longer listens: try the next one.
+        if waiter.wake.send(()).is_ok() {
+            return;
+        }
+    }
+    state.free += 1;
 }
 
 /// Numbered lanes for things running at once, each taking the lowest free number: the rows of a

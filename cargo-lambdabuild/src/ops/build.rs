@@ -232,6 +232,14 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
         let timeline = timeline(&forcer, &opened.store, title, started_unix_s, force_started, summary).await?;
         let path = write_timings(&modelled, &timeline)?;
         shell.status("Timing", &format!("report saved to {}", path.display()));
+        let graph = recorded_graph(&forcer, &opened.store).await?;
+        let graph_path = path.with_file_name("graph.json");
+        std::fs::write(&graph_path, serde_json::to_vec(&graph)?)
+            .with_context(|| format!("cannot write {}", graph_path.display()))?;
+        shell.verbose_note(&format!(
+            "the build's graph is in {}: `cargo lambdabuild predict` replays it on N Lambda workers",
+            graph_path.display()
+        ));
         let bars: usize = timeline.workers.iter().map(|worker| worker.bars.len()).sum();
         timings_report = Some(json!({ "path": path, "workers": timeline.workers.len(), "bars": bars }));
     }
@@ -885,6 +893,50 @@ async fn timeline(
 }
 
 /// A thunk's crate and what it builds, from rustc's arguments.
+/// The graph this build forced, with each thunk's run time and bytes in and out, for the scale-out
+/// model (`cargo lambdabuild predict`). Thunks taken from the store count with the time they took
+/// when they ran.
+async fn recorded_graph(forcer: &Forcer, store: &Store) -> anyhow::Result<cargo_lambdabuild::scaleout::Graph> {
+    let reductions: HashMap<Hash, Arc<thunk::Reduction>> = forcer
+        .outcomes()
+        .into_iter()
+        .filter_map(|(hash, outcome)| outcome.ok().map(|forced| (hash, forced.reduction)))
+        .filter(|(_, reduction)| reduction.succeeded())
+        .collect();
+    let mut nodes = Vec::new();
+    for (hash, reduction) in &reductions {
+        let thunk = store.get_thunk(*hash).await?;
+        let mut producers = Vec::new();
+        let mut input_bytes = 0;
+        for input in thunk.inputs.values() {
+            match input {
+                thunk::Input::Blob { size, .. } => input_bytes += size,
+                thunk::Input::Link { thunk: producer, output } => {
+                    producers.push(*producer);
+                    let produced = reductions.get(producer).and_then(|r| r.outputs.get(output));
+                    input_bytes += produced.map_or(0, |file| file.size);
+                }
+                thunk::Input::Symlink { .. } => {}
+            }
+        }
+        producers.sort();
+        producers.dedup();
+        let (crate_name, kind) = crate_and_kind(&thunk.args);
+        nodes.push(cargo_lambdabuild::scaleout::Node {
+            thunk: *hash,
+            name: format!("{crate_name} {kind}"),
+            producers,
+            duration_ms: reduction.duration_ms,
+            inputs: thunk.inputs.len() as u64,
+            input_bytes,
+            outputs: reduction.outputs.len() as u64,
+            output_bytes: reduction.outputs.values().map(|file| file.size).sum(),
+        });
+    }
+    nodes.sort_by_key(|node| node.thunk);
+    Ok(cargo_lambdabuild::scaleout::Graph { version: cargo_lambdabuild::scaleout::GRAPH_VERSION, thunks: nodes })
+}
+
 fn crate_and_kind(args: &[String]) -> (String, String) {
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let crate_name = value("--crate-name").unwrap_or_else(|| "?".to_owned());

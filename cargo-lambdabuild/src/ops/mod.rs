@@ -4,6 +4,7 @@ pub mod build;
 pub mod deploy;
 pub mod describe;
 pub mod layer;
+pub mod predict;
 pub mod stats;
 pub mod toolchain;
 pub mod upload;

@@ -1,0 +1,424 @@
+//! The scale-out model: what a recorded build would take on N Lambda workers, and what it would cost.
+//!
+//! A build run with `--timings` records its graph (`graph.json` beside the timeline): each thunk's
+//! producers, how long rustc ran, and how many bytes it read and wrote. [`predict`] replays that graph
+//! through the real forcer — the same critical-path priorities, slots, pipelining of producers and
+//! straggler rules as a build — against a simulated Lambda engine on a virtual clock, so a thousand
+//! workers take a fraction of a second to model. The engine charges each invocation what Lambda
+//! would: the round trip, a cold start (the runtime's init, fetching the toolchain layer, unpacking it)
+//! the first time an instance is needed, fetching the inputs and storing the outputs at the function's
+//! bandwidth, and the compile itself. The physical limit is the graph's critical path: the longest
+//! chain of compile times, with no overhead at all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thunk::force::{Forcer, Stragglers};
+use thunk::reduction::{BlobRef, OutputFile, Status};
+use thunk::remote::{RemoteEngine, RemoteError, RemoteRun};
+use thunk::store::{Backend, ListPage};
+use thunk::{Hash, ObjectKey, Reduction, SandboxPath, Store, Thunk};
+
+/// The file format's revision.
+pub const GRAPH_VERSION: u32 = 1;
+
+/// A recorded build: the thunks forced and what each cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Graph {
+    /// Always [`GRAPH_VERSION`].
+    pub version: u32,
+    /// Every thunk, in any order.
+    pub thunks: Vec<Node>,
+}
+
+/// One thunk of a recorded build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// The thunk's hash.
+    pub thunk: Hash,
+    /// What it compiled, e.g. `regex_automata lib`.
+    pub name: String,
+    /// The thunks whose outputs it reads.
+    pub producers: Vec<Hash>,
+    /// How long rustc ran, in milliseconds.
+    pub duration_ms: u64,
+    /// Its inputs: how many files, and their bytes (the toolchain apart).
+    pub inputs: u64,
+    /// See `inputs`.
+    pub input_bytes: u64,
+    /// Its outputs: how many files, and their bytes.
+    pub outputs: u64,
+    /// See `outputs`.
+    pub output_bytes: u64,
+}
+
+impl Graph {
+    /// The longest chain of compile times, in milliseconds: no number of workers finishes sooner.
+    pub fn critical_path_ms(&self) -> u64 {
+        let by_hash: HashMap<Hash, &Node> = self.thunks.iter().map(|node| (node.thunk, node)).collect();
+        let mut longest: HashMap<Hash, u64> = HashMap::new();
+        fn visit(hash: Hash, by_hash: &HashMap<Hash, &Node>, longest: &mut HashMap<Hash, u64>) -> u64 {
+            if let Some(known) = longest.get(&hash) {
+                return *known;
+            }
+            let Some(node) = by_hash.get(&hash) else { return 0 };
+            let before = node.producers.iter().map(|p| visit(*p, by_hash, longest)).max().unwrap_or(0);
+            let total = before + node.duration_ms;
+            longest.insert(hash, total);
+            total
+        }
+        self.thunks.iter().map(|node| visit(node.thunk, &by_hash, &mut longest)).max().unwrap_or(0)
+    }
+
+    /// The thunks nothing else in the graph reads: the build's artifacts.
+    fn roots(&self) -> Vec<Hash> {
+        let read: std::collections::HashSet<Hash> =
+            self.thunks.iter().flat_map(|node| node.producers.iter().copied()).collect();
+        self.thunks.iter().map(|node| node.thunk).filter(|hash| !read.contains(hash)).collect()
+    }
+}
+
+/// What a Lambda invocation costs in time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LambdaModel {
+    /// The client's round trip of one invocation beyond the function's own time.
+    pub invoke_ms: u64,
+    /// A new instance's runtime start, before it fetches the toolchain.
+    pub init_ms: u64,
+    /// The packed toolchain layer each new instance fetches.
+    pub layer_bytes: u64,
+    /// Unpacking it.
+    pub unpack_ms: u64,
+    /// One instance's throughput to and from S3, in bytes per second.
+    pub bandwidth_bytes_per_s: u64,
+    /// The instance's memory, which Lambda bills by.
+    pub memory_mb: u32,
+}
+
+impl Default for LambdaModel {
+    /// Figures measured on the emulator where they can be (`scripts/bench-lambda`: 34 ms median
+    /// overhead per invocation; the layer of 170 MB at zstd -3, unpacked in 0.6 s) and Lambda's
+    /// documented or commonly measured ones where they cannot (a custom runtime's init of about a
+    /// quarter second; about 100 MB/s from S3 to one function).
+    fn default() -> LambdaModel {
+        LambdaModel {
+            invoke_ms: 34,
+            init_ms: 250,
+            layer_bytes: 170_000_000,
+            unpack_ms: 600,
+            bandwidth_bytes_per_s: 100_000_000,
+            memory_mb: crate::config::DEFAULT_MEMORY_MB,
+        }
+    }
+}
+
+impl LambdaModel {
+    fn transfer_ms(&self, bytes: u64) -> u64 {
+        bytes.saturating_mul(1000) / self.bandwidth_bytes_per_s.max(1)
+    }
+
+    fn cold_start_ms(&self) -> u64 {
+        self.init_ms + self.transfer_ms(self.layer_bytes) + self.unpack_ms
+    }
+}
+
+/// What [`predict`] foresees for one number of workers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Lambda invocations in flight at most.
+    pub workers: usize,
+    /// From the first invocation to the last answer.
+    pub makespan_ms: u64,
+    /// Instances started (each paid a cold start).
+    pub cold_starts: u64,
+    /// Invocations, and their billed time (everything but the client's round trip).
+    pub invocations: u64,
+    /// See `invocations`.
+    pub billed_ms: u64,
+    /// What Lambda and S3 would charge for it, in US dollars.
+    pub cost_usd: f64,
+}
+
+/// Replays `graph` through the forcer with `workers` Lambda invocations in flight, on a virtual clock.
+pub fn predict(
+    graph: &Graph,
+    model: &LambdaModel,
+    workers: usize,
+    prices: &crate::cost::Prices,
+) -> anyhow::Result<Prediction> {
+    // A runtime of its own, on a thread of its own: its clock is virtual, and the caller may be on a
+    // runtime already.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()?;
+                runtime.block_on(replay(graph, model, workers.max(1), prices))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the scale-out model panicked"))?
+    })
+}
+
+async fn replay(
+    graph: &Graph,
+    model: &LambdaModel,
+    workers: usize,
+    prices: &crate::cost::Prices,
+) -> anyhow::Result<Prediction> {
+    let scratch = tempfile::tempdir()?;
+    let store = Store::new(Arc::new(MemoryBackend::default()));
+    let workdir = thunk::workdir::Workdir::open(scratch.path())?;
+    let (stand_ins, roots) = stand_ins(graph, &store, &workdir).await?;
+    let engine = Arc::new(SimulatedLambda {
+        model: *model,
+        nodes: stand_ins,
+        idle_instances: Mutex::new(0),
+        instances: Mutex::new(0),
+        invocations: Mutex::new((0, 0)),
+    });
+    // No straggler is ever late on a model that keeps its own promises; a copy would only skew it.
+    let stragglers = Stragglers { max_copies: 1, ..Stragglers::default() };
+    let forcer = Forcer::new(store, workdir, 1)
+        .with_remote(Arc::clone(&engine) as Arc<dyn RemoteEngine>, workers)
+        .with_stragglers(stragglers);
+    forcer.prioritize(&roots).await?;
+    let started = tokio::time::Instant::now();
+    let mut forcing = tokio::task::JoinSet::new();
+    for root in roots {
+        forcing.spawn(forcer.force(root));
+    }
+    while let Some(forced) = forcing.join_next().await {
+        let forced = forced?.map_err(|error| anyhow::anyhow!("{error}"))?;
+        anyhow::ensure!(forced.fallback.is_none(), "a simulated invocation fell back: {:?}", forced.fallback);
+    }
+    let makespan_ms = started.elapsed().as_millis() as u64;
+    let (invocations, billed_ms) = *engine.invocations.lock().unwrap_or_else(|e| e.into_inner());
+    let cold_starts = *engine.instances.lock().unwrap_or_else(|e| e.into_inner());
+    let tally = thunk::stats::Tally {
+        lambda_invocations: invocations,
+        lambda_billed_ms: billed_ms,
+        traffic: thunk::store::Traffic {
+            get_requests: graph.thunks.iter().map(|node| node.inputs).sum(),
+            put_requests: graph.thunks.iter().map(|node| node.outputs + 1).sum(),
+            bytes_down: graph.thunks.iter().map(|node| node.input_bytes).sum::<u64>() + cold_starts * model.layer_bytes,
+            bytes_up: graph.thunks.iter().map(|node| node.output_bytes).sum(),
+        },
+        ..thunk::stats::Tally::default()
+    };
+    let cost = crate::cost::Cost::of(&tally, model.memory_mb, prices);
+    Ok(Prediction { workers, makespan_ms, cold_starts, invocations, billed_ms, cost_usd: cost.usd })
+}
+
+/// One stand-in thunk per node, linked as the nodes are and stored where the forcer reads them, with
+/// each node's duration learned by the forcer's history so that it schedules by it as a rebuild would.
+async fn stand_ins(
+    graph: &Graph,
+    store: &Store,
+    workdir: &thunk::workdir::Workdir,
+) -> anyhow::Result<(HashMap<Hash, Node>, Vec<Hash>)> {
+    let by_hash: HashMap<Hash, &Node> = graph.thunks.iter().map(|node| (node.thunk, node)).collect();
+    let history = thunk::history::History::open(&workdir.history_path());
+    let mut standing: HashMap<Hash, Hash> = HashMap::new();
+    let mut nodes = HashMap::new();
+    let output = SandboxPath::new("out")?;
+    // Producers first: a stand-in's hash depends on its producers'.
+    let mut order = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<(Hash, bool)> = graph.thunks.iter().map(|node| (node.thunk, false)).collect();
+    while let Some((hash, expanded)) = stack.pop() {
+        if expanded {
+            order.push(hash);
+        } else if by_hash.contains_key(&hash) && seen.insert(hash) {
+            stack.push((hash, true));
+            stack.extend(by_hash[&hash].producers.iter().map(|producer| (*producer, false)));
+        }
+    }
+    for hash in order {
+        let node = by_hash[&hash];
+        let mut inputs = BTreeMap::new();
+        for (index, producer) in node.producers.iter().filter_map(|p| standing.get(p)).enumerate() {
+            let input = SandboxPath::new(&format!("in/{index}"))?;
+            inputs.insert(input, thunk::Input::Link { thunk: *producer, output: output.clone() });
+        }
+        let stand_in = Thunk {
+            toolchain: Hash::of(b"the scale-out model's toolchain"),
+            program: thunk::thunk::ProgramPath(SandboxPath::new("model")?),
+            args: vec!["--crate-name".into(), hash.to_hex()],
+            cwd: None,
+            env: BTreeMap::new(),
+            inputs,
+            outputs: [output.clone()].into(),
+            timeout_ms: 3_600_000,
+            memory: thunk::thunk::MemoryClass::Standard,
+            placement: thunk::Placement::Anywhere,
+        };
+        let stored = store.put_thunk(&stand_in).await?;
+        history.record(&stand_in, node.duration_ms);
+        standing.insert(hash, stored);
+        nodes.insert(stored, node.clone());
+    }
+    history.save()?;
+    let roots = graph.roots().iter().filter_map(|root| standing.get(root).copied()).collect();
+    Ok((nodes, roots))
+}
+
+/// Lambda on a virtual clock: instances start cold and stay warm, each invocation waits what it costs.
+struct SimulatedLambda {
+    model: LambdaModel,
+    nodes: HashMap<Hash, Node>,
+    /// Warm instances waiting for an invocation, and every instance ever started.
+    idle_instances: Mutex<u64>,
+    instances: Mutex<u64>,
+    /// Invocations and billed milliseconds.
+    invocations: Mutex<(u64, u64)>,
+}
+
+#[async_trait::async_trait]
+impl RemoteEngine for SimulatedLambda {
+    fn name(&self) -> &str {
+        "lambda (model)"
+    }
+
+    async fn run(&self, hash: Hash, _thunk: &Thunk) -> Result<RemoteRun, RemoteError> {
+        let node = self.nodes.get(&hash).ok_or_else(|| RemoteError::Final(format!("no node for {hash}")))?;
+        let cold = {
+            let mut idle = self.idle_instances.lock().unwrap_or_else(|e| e.into_inner());
+            if *idle > 0 {
+                *idle -= 1;
+                false
+            } else {
+                *self.instances.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                true
+            }
+        };
+        let model = &self.model;
+        let fetch_ms = model.transfer_ms(node.input_bytes) + if cold { model.cold_start_ms() } else { 0 };
+        let store_ms = model.transfer_ms(node.output_bytes);
+        let billed_ms = fetch_ms + node.duration_ms + store_ms;
+        tokio::time::sleep(Duration::from_millis(model.invoke_ms + billed_ms)).await;
+        *self.idle_instances.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        {
+            let mut invocations = self.invocations.lock().unwrap_or_else(|e| e.into_inner());
+            invocations.0 += 1;
+            invocations.1 += billed_ms.max(1);
+        }
+        let empty = BlobRef { hash: Hash::of(b""), size: 0 };
+        let mut reduction = Reduction::new(hash, Status::Success, empty, empty);
+        let output = SandboxPath::new("out").map_err(|e| RemoteError::Final(e.to_string()))?;
+        let file = OutputFile { hash: Hash::of(hash.to_hex().as_bytes()), size: node.output_bytes, executable: false };
+        reduction.outputs.insert(output, file);
+        reduction.duration_ms = node.duration_ms;
+        reduction.engine = "lambda".into();
+        let phases = thunk::exec::Phases { fetch_ms, run_ms: node.duration_ms, store_ms };
+        Ok(RemoteRun { reduction, worker: "lambda (model)".into(), phases, overhead_ms: model.invoke_ms })
+    }
+}
+
+/// The objects of a replay, in memory.
+#[derive(Debug, Default)]
+struct MemoryBackend {
+    objects: Mutex<HashMap<ObjectKey, Vec<u8>>>,
+}
+
+#[async_trait::async_trait]
+impl Backend for MemoryBackend {
+    async fn get(&self, key: ObjectKey) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.objects.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned())
+    }
+
+    async fn put(&self, key: ObjectKey, bytes: Vec<u8>) -> std::io::Result<()> {
+        self.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(key, bytes);
+        Ok(())
+    }
+
+    async fn has(&self, key: ObjectKey) -> std::io::Result<bool> {
+        Ok(self.objects.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key))
+    }
+
+    async fn list(&self, _kind: &str, _from: Option<String>) -> std::io::Result<ListPage> {
+        Ok(ListPage { keys: Vec::new(), next: None })
+    }
+
+    fn describe(&self) -> String {
+        "the scale-out model's memory".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, producers: &[&Node], duration_ms: u64) -> Node {
+        Node {
+            thunk: Hash::of(name.as_bytes()),
+            name: name.into(),
+            producers: producers.iter().map(|p| p.thunk).collect(),
+            duration_ms,
+            inputs: 1,
+            input_bytes: 0,
+            outputs: 1,
+            output_bytes: 0,
+        }
+    }
+
+    /// `actual` is `expected`, give or take the forcer's hand-over of a slot (2 ms) per invocation.
+    #[track_caller]
+    fn assert_about(actual: &Prediction, expected_ms: u64, what: &str) {
+        let slack = 2 * actual.invocations;
+        assert!(
+            (expected_ms..=expected_ms + slack).contains(&actual.makespan_ms),
+            "{what}: {actual:?}, expected {expected_ms}"
+        );
+    }
+
+    /// A model where nothing but the compile takes time.
+    fn free() -> LambdaModel {
+        LambdaModel { invoke_ms: 0, init_ms: 0, layer_bytes: 0, unpack_ms: 0, ..LambdaModel::default() }
+    }
+
+    #[test]
+    fn one_worker_takes_the_sum_and_many_take_the_critical_path() {
+        // a (4 s) -> b (4 s) -> c (4 s), beside ten independent 1 s thunks and a 1 s root reading c.
+        let a = node("a", &[], 4_000);
+        let b = node("b", &[&a], 4_000);
+        let c = node("c", &[&b], 4_000);
+        let mut thunks = vec![a, b, c.clone()];
+        for i in 0..10 {
+            thunks.push(node(&format!("leaf{i}"), &[], 1_000));
+        }
+        thunks.push(node("root", &[&c], 1_000));
+        let graph = Graph { version: GRAPH_VERSION, thunks };
+        assert_eq!(graph.critical_path_ms(), 13_000);
+        let prices = crate::cost::Prices::default();
+
+        let one = predict(&graph, &free(), 1, &prices).unwrap();
+        assert_about(&one, 23_000, "one worker runs everything in turn");
+        assert_eq!(one.invocations, 14);
+        assert_eq!(one.cold_starts, 1);
+        let many = predict(&graph, &free(), 1_000, &prices).unwrap();
+        assert_about(&many, 13_000, "enough workers reach the critical path");
+        assert_eq!(many.cold_starts, 11, "the chain's thunks reuse one warm instance; the leaves each start one");
+        // Two workers: the critical path first keeps the chain busy and fits the leaves beside it.
+        let two = predict(&graph, &free(), 2, &prices).unwrap();
+        assert_about(&two, 13_000, "two workers");
+    }
+
+    #[test]
+    fn cold_starts_and_transfers_cost_time_and_money() {
+        let a = node("a", &[], 2_000);
+        let mut b = node("b", &[&a], 2_000);
+        b.input_bytes = 50_000_000;
+        let graph = Graph { version: GRAPH_VERSION, thunks: vec![a, b] };
+        let model = LambdaModel::default();
+        let prediction = predict(&graph, &model, 8, &crate::cost::Prices::default()).unwrap();
+        // a: invoke + cold start + 2 s; b, on the warm instance: invoke + 0.5 s of input + 2 s.
+        let expected = 2 * model.invoke_ms + model.cold_start_ms() + 2_000 + 500 + 2_000;
+        assert_about(&prediction, expected, "a cold start, then a warm one");
+        assert_eq!(prediction.cold_starts, 1);
+        assert!(prediction.cost_usd > 0.0);
+    }
+}
