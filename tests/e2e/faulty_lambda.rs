@@ -72,6 +72,9 @@ struct State {
     plan: Mutex<Plan>,
     invocations: AtomicU64,
     injected: AtomicU64,
+    /// Invocations handed to the function, and those it answered (a response or an error of its own).
+    delivered: AtomicU64,
+    answered: AtomicU64,
     /// Invocations that will time out, with when they were delivered.
     timing_out: Mutex<HashMap<String, Instant>>,
 }
@@ -101,6 +104,8 @@ impl FaultyFunction {
             plan: Mutex::new(Plan { every: 0, faults: Vec::new(), seen: 0 }),
             invocations: AtomicU64::new(0),
             injected: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             timing_out: Mutex::new(HashMap::new()),
         });
         let (address, proxy) = serve(Arc::clone(&state));
@@ -140,6 +145,12 @@ impl FaultyFunction {
     /// Invocations the emulator handed to this function so far, faulted ones included.
     pub fn invocations(&self) -> u64 {
         self.state.invocations.load(Ordering::SeqCst)
+    }
+
+    /// Invocations handed to the function that it has not answered yet.
+    pub fn unanswered(&self) -> u64 {
+        let delivered = self.state.delivered.load(Ordering::SeqCst);
+        delivered.saturating_sub(self.state.answered.load(Ordering::SeqCst))
     }
 
     /// Faults injected so far.
@@ -259,6 +270,9 @@ impl State {
             return self.next().await;
         }
         let timing_out = answered_invocation(&path).filter(|_| parts.method == Method::POST);
+        if timing_out.is_some() {
+            self.answered.fetch_add(1, Ordering::SeqCst);
+        }
         let delivered = timing_out.and_then(|id| self.timing_out.lock().unwrap().remove(id));
         if let (Some(id), Some(delivered)) = (timing_out, delivered) {
             let seconds = delivered.elapsed().as_secs_f64();
@@ -281,13 +295,17 @@ impl State {
             let Some(id) = request_id(&response) else { return Ok(response) };
             self.invocations.fetch_add(1, Ordering::SeqCst);
             match self.fate() {
-                None => return Ok(response),
+                None => {
+                    self.delivered.fetch_add(1, Ordering::SeqCst);
+                    return Ok(response);
+                }
                 Some(LambdaFault::Crash) => {
                     let message = format!("RequestId: {id} Error: Runtime exited with error: signal: killed");
                     self.post_error(&id, "Runtime.ExitError", &message).await?;
                 }
                 Some(LambdaFault::Hang) => {}
                 Some(LambdaFault::Timeout) => {
+                    self.delivered.fetch_add(1, Ordering::SeqCst);
                     self.timing_out.lock().unwrap().insert(id, Instant::now());
                     return Ok(response);
                 }
