@@ -283,7 +283,12 @@ impl RemoteEngine for SimulatedLambda {
         "lambda (model)"
     }
 
-    async fn run(&self, hash: Hash, _thunk: &Thunk) -> Result<RemoteRun, RemoteError> {
+    async fn run(
+        &self,
+        hash: Hash,
+        _thunk: &Thunk,
+        _links: &BTreeMap<SandboxPath, OutputFile>,
+    ) -> Result<RemoteRun, RemoteError> {
         let node = self.nodes.get(&hash).ok_or_else(|| RemoteError::Final(format!("no node for {hash}")))?;
         let cold = {
             let mut idle = self.idle_instances.lock().unwrap_or_else(|e| e.into_inner());

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use store_s3::{S3Options, StoreSpec};
-use thunk::exec::{ExecError, Executor};
+use thunk::exec::{ExecError, Executor, Given, Ran};
 use thunk::remote::{Invocation, InvocationResult, PROTOCOL_VERSION, Timings};
 use thunk::workdir::Workdir;
 use thunk::{Hash, ObjectKey, Store, StoreError, Thunk};
@@ -131,16 +131,19 @@ impl Function {
         self.slots.give_back(slot);
         self.trim_cache().await;
         match result {
-            Ok((reduction, mut timings)) => {
+            Ok((ran, mut timings)) => {
                 timings.total_ms = started.elapsed().as_millis() as u64;
                 timings.slot = slot as u32;
-                InvocationResult::Reduced { reduction: Box::new(reduction), timings }
+                match ran {
+                    Ran::Reduced(reduction, _) => InvocationResult::Reduced { reduction: Box::new(reduction), timings },
+                    Ran::Announced(output, file, _) => InvocationResult::Announced { output, file, timings },
+                }
             }
             Err(failure) => InvocationResult::Failed { retryable: failure.retryable, message: failure.message },
         }
     }
 
-    async fn run(&self, invocation: Invocation, started: Instant) -> Result<(thunk::Reduction, Timings), Failure> {
+    async fn run(&self, invocation: Invocation, started: Instant) -> Result<(Ran, Timings), Failure> {
         if invocation.protocol != PROTOCOL_VERSION {
             return Err(Failure::final_(format!(
                 "this function speaks protocol {PROTOCOL_VERSION}, the client {}: deploy the function of the same \
@@ -164,20 +167,24 @@ impl Function {
         let toolchain_ms = toolchain_started.elapsed().as_millis() as u64;
         let executor_started = Instant::now();
         let executor = Executor::new(opened.store.clone(), opened.workdir.clone(), "lambda");
-        let (reduction, phases) = executor.execute_phased(&thunk).await.map_err(Failure::of_exec)?;
+        let given = Given { links: invocation.links, until: invocation.until };
+        let ran = executor.execute_given(&thunk, &given).await.map_err(Failure::of_exec)?;
+        let phases = match &ran {
+            Ran::Reduced(_, phases) | Ran::Announced(_, _, phases) => *phases,
+        };
         // The executor fetches, runs and stores in one call; what is not the run is the overhead.
-        let executor_ms = (executor_started.elapsed().as_millis() as u64).saturating_sub(reduction.duration_ms);
+        let executor_ms = (executor_started.elapsed().as_millis() as u64).saturating_sub(phases.run_ms);
         let timings = Timings {
             toolchain_ms,
             cold,
             executor_ms,
-            run_ms: reduction.duration_ms,
+            run_ms: phases.run_ms,
             total_ms: started.elapsed().as_millis() as u64,
             fetch_ms: phases.fetch_ms,
             instance: self.instance,
             slot: 0,
         };
-        Ok((reduction, timings))
+        Ok((ran, timings))
     }
 
     /// The store named `url`, opened once per instance.

@@ -86,7 +86,8 @@ fn the_workspace_built_on_lambda_links_byte_identical_to_plain_cargo() {
         project.assert_matches_plain_cargo_on(&["--all-targets"], ON_LAMBDA, &cloud.env("laptop"), Compare::Linked);
     let on_lambda = count(&build, &["executed_on", "lambda"]);
     assert!(on_lambda >= 10, "{}", build.summary);
-    assert_eq!(count(&build, &["lambda", "invocations"]), on_lambda, "{}", build.summary);
+    let metadata_runs = count(&build, &["metadata_runs"]);
+    assert!(count(&build, &["lambda", "invocations"]) >= on_lambda + metadata_runs, "{}", build.summary);
     assert_eq!(count(&build, &["fallbacks"]), 0, "{}", build.summary);
     // Build scripts and `util`, which compiles in env!("CARGO_MANIFEST_DIR"), ran here: in a sandbox
     // that path would be the sandbox's (the integration test, which checks it, passed above).

@@ -70,6 +70,12 @@ fn ripgrep_built_on_lambda_links_byte_identical() {
     assert!(count(&build, &["executed_on", "lambda"]) >= 30, "{}", build.summary);
     assert_eq!(count(&build, &["fallbacks"]), 0, "{}", build.summary);
     assert_eq!(count(&build, &["passed_through"]), 0, "{}", build.summary);
+    // Libraries' rmeta reached their consumers from metadata runs, before their compiles ended.
+    eprintln!(
+        "ripgrep on Lambda: {} metadata runs, force {} s",
+        build.summary["metadata_runs"], build.summary["force_s"]
+    );
+    assert!(count(&build, &["metadata_runs"]) >= 1, "{}", build.summary);
     assert!(build.summary["cost"]["usd"].as_f64().unwrap() > 0.0, "{}", build.summary);
     assert!(count(&build, &["cost", "invocations"]) >= 30, "{}", build.summary);
     // The timeline: a row per Lambda instance (several, with 8 in flight), a bar per thunk run.

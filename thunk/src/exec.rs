@@ -229,6 +229,15 @@ impl Executor {
 
     /// [`Executor::execute`], telling where the time went.
     pub async fn execute_phased(&self, thunk: &Thunk) -> Result<(Reduction, Phases), ExecError> {
+        match self.execute_given(thunk, &Given::default()).await? {
+            Ran::Reduced(reduction, phases) => Ok((reduction, phases)),
+            Ran::Announced(output, ..) => unreachable!("{output} was announced to a run not given `until`"),
+        }
+    }
+
+    /// [`Executor::execute_phased`] with what the caller knows: the files behind the link inputs, and
+    /// for a metadata run, the output to stop at.
+    pub async fn execute_given(&self, thunk: &Thunk, given: &Given) -> Result<Ran, ExecError> {
         let started = Instant::now();
         thunk.validate()?;
         let hash = thunk.hash();
@@ -246,7 +255,7 @@ impl Executor {
         std::os::unix::fs::symlink(&toolchain, root.join(TOOLCHAIN_DIR))
             .map_err(sandbox_error("cannot link the toolchain"))?;
 
-        self.materialize(thunk, &root).await?;
+        self.materialize(thunk, &root, &given.links).await?;
         // Tools expect the directories they write into to exist, as cargo creates `--out-dir` for rustc.
         for output in &thunk.outputs {
             make_parents(&root, output)?;
@@ -274,8 +283,32 @@ impl Executor {
                 None => launch.env.push(("PATH".into(), linker)),
             }
         }
+        // A metadata run: stop once rustc says the output is written.
+        let announced = Arc::new(Mutex::new(None));
+        if let Some(until) = &given.until {
+            let stop = Arc::new(tokio::sync::Notify::new());
+            let (until, seen, root_prefix) = (until.clone(), Arc::clone(&announced), format!("{root_text}/"));
+            let stopping = Arc::clone(&stop);
+            launch.on_stderr_line = Some(Arc::new(move |line: &str| {
+                if announced_path(line, &root_prefix).as_ref() == Some(&until) {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(until.clone());
+                    stopping.notify_one();
+                }
+            }));
+            launch.stop = Some(stop);
+        }
         let run_started = Instant::now();
         let run = run(thunk, hash, launch).await?;
+        let announced = announced.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (true, Some(output)) = (run.stopped, announced) {
+            let real_root = fs::canonicalize(&root).map_err(sandbox_error("cannot resolve the root"))?;
+            let file = self.store_output(&output, &root, &real_root).await?.ok_or_else(|| ExecError::Sandbox {
+                context: format!("rustc announced {output}, which is not there"),
+                source: io::ErrorKind::NotFound.into(),
+            })?;
+            let phases = Phases::measured(started, run_started, run.duration.as_millis() as u64);
+            return Ok(Ran::Announced(output, file, phases));
+        }
 
         // Everything is stored at once: with a remote store each blob costs a round trip or two.
         let joined = |e: tokio::task::JoinError| ExecError::Sandbox {
@@ -320,7 +353,7 @@ impl Executor {
         // Last: every blob the reduction names is already in the store.
         self.store.put_reduction(&reduction).await?;
         let phases = Phases::measured(started, run_started, reduction.duration_ms);
-        Ok((reduction, phases))
+        Ok(Ran::Reduced(reduction, phases))
     }
 
     /// Runs `thunk` where its files really are: the sandbox root stands for `/`, so the sandbox path
@@ -477,8 +510,20 @@ impl Executor {
         Ok(InPlace { reduction, phases, undeclared })
     }
 
-    async fn materialize(&self, thunk: &Thunk, root: &Path) -> Result<(), ExecError> {
-        let links = self.resolve_links(thunk).await?;
+    async fn materialize(
+        &self,
+        thunk: &Thunk,
+        root: &Path,
+        given: &BTreeMap<SandboxPath, OutputFile>,
+    ) -> Result<(), ExecError> {
+        let links = if given.is_empty() { self.resolve_links(thunk).await? } else { given.clone() };
+        for (path, input) in &thunk.inputs {
+            if let Input::Link { thunk: producer, .. } = input
+                && !links.contains_key(path)
+            {
+                return Err(ExecError::LinkNotForced { input: path.clone(), thunk: *producer });
+            }
+        }
         self.prefetch(thunk, &links).await?;
         let mut symlinks = Vec::new();
         for (path, input) in &thunk.inputs {
@@ -806,6 +851,8 @@ struct RunResult {
     exit_code: i32,
     duration: Duration,
     peak_memory_kib: u64,
+    /// Stopped on purpose (a metadata run), not finished.
+    stopped: bool,
 }
 
 impl RunResult {
@@ -832,6 +879,37 @@ struct Launch {
     jobserver: Option<jobserver::Client>,
     /// Called with the program's process group once it runs.
     on_spawn: Option<Box<dyn FnOnce(libc::pid_t) + Send>>,
+    /// Stops the program when notified (a metadata run, once the metadata is written).
+    stop: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// What a sandboxed run is given beyond its thunk (see [`Executor::execute_given`]).
+#[derive(Debug, Clone, Default)]
+pub struct Given {
+    /// The file behind each link input, by input path; empty: read from the producers' reductions.
+    pub links: BTreeMap<SandboxPath, OutputFile>,
+    /// Stop once rustc announces this output (a metadata run): it is stored, and no reduction is.
+    pub until: Option<SandboxPath>,
+}
+
+/// How a sandboxed run ended.
+#[derive(Debug)]
+pub enum Ran {
+    /// It ran to the end: its reduction, stored.
+    Reduced(Reduction, Phases),
+    /// A metadata run stopped once its output was announced: the output, stored.
+    Announced(SandboxPath, OutputFile, Phases),
+}
+
+/// The output a rustc artifact notification names, for a run whose sandbox root is `root_prefix`
+/// (with its trailing slash).
+fn announced_path(line: &str, root_prefix: &str) -> Option<SandboxPath> {
+    if !line.contains("\"artifact\"") {
+        return None;
+    }
+    let message: serde_json::Value = serde_json::from_str(line).ok()?;
+    let path = message.get("artifact")?.as_str()?;
+    SandboxPath::new(path.strip_prefix(root_prefix)?).ok()
 }
 
 /// A callback for each line a program writes on stderr, while it runs.
@@ -854,6 +932,7 @@ impl Launch {
             on_stderr_line: None,
             jobserver: None,
             on_spawn: None,
+            stop: None,
         }
     }
 }
@@ -912,29 +991,45 @@ async fn run(thunk: &Thunk, hash: Hash, launch: Launch) -> Result<RunResult, Exe
         tokio::task::spawn_blocking(move || group.wait())
     };
     let timeout = Duration::from_millis(thunk.timeout_ms);
-    let waited = match tokio::time::timeout(timeout, waiter).await {
-        Ok(joined) => joined.map_err(|e| ExecError::Sandbox {
-            context: "waiting for the program".into(),
-            source: io::Error::other(e),
-        })?,
-        Err(_elapsed) => {
-            group.kill();
-            return Err(ExecError::Timeout { thunk: hash, timeout_ms: thunk.timeout_ms });
+    let stop = launch.stop.clone();
+    let stopped = async {
+        match &stop {
+            Some(stop) => stop.notified().await,
+            None => std::future::pending().await,
         }
     };
+    let mut waiter = waiter;
+    let mut was_stopped = false;
+    let joined = tokio::select! {
+        joined = tokio::time::timeout(timeout, &mut waiter) => match joined {
+            Ok(joined) => joined,
+            Err(_elapsed) => {
+                group.kill();
+                return Err(ExecError::Timeout { thunk: hash, timeout_ms: thunk.timeout_ms });
+            }
+        },
+        () = stopped => {
+            // Killed on purpose, then reaped by the waiter as usual.
+            group.kill();
+            was_stopped = true;
+            (&mut waiter).await
+        }
+    };
+    let waited = joined
+        .map_err(|e| ExecError::Sandbox { context: "waiting for the program".into(), source: io::Error::other(e) })?;
     let duration = started.elapsed();
     if let Some(copier) = copier {
         let _ = tokio::task::spawn_blocking(move || copier.join()).await;
     }
     let (status, rusage) = waited.map_err(sandbox_error("waiting for the program"))?;
+    let peak_memory_kib = u64::try_from(rusage.ru_maxrss).unwrap_or(0);
+    if was_stopped {
+        return Ok(RunResult { exit_code: 0, duration, peak_memory_kib, stopped: true });
+    }
     if libc::WIFSIGNALED(status) {
         return Err(ExecError::Killed { thunk: hash, signal: libc::WTERMSIG(status) });
     }
-    Ok(RunResult {
-        exit_code: libc::WEXITSTATUS(status),
-        duration,
-        peak_memory_kib: u64::try_from(rusage.ru_maxrss).unwrap_or(0),
-    })
+    Ok(RunResult { exit_code: libc::WEXITSTATUS(status), duration, peak_memory_kib, stopped: false })
 }
 
 /// A child that leads its own process group. Dropping the handle the executor holds kills the group, so

@@ -55,6 +55,18 @@ pub enum ForceError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A library's full compile wrote other bytes than its metadata run announced, after thunks were
+    /// built against those: the compile is not reproducible, and the build cannot be trusted.
+    #[error(
+        "thunk {thunk}: its compile wrote {output} with other bytes than the metadata run announced \
+         (the crate does not compile reproducibly); build on the local engine, which needs no metadata runs"
+    )]
+    UnreproducibleOutput {
+        /// The thunk.
+        thunk: Hash,
+        /// The output.
+        output: SandboxPath,
+    },
     /// A thunk it links to failed, so it was not run.
     #[error("thunk {thunk} was not run: its dependency {dependency} failed")]
     DependencyFailed {
@@ -163,6 +175,11 @@ struct Inner {
     stragglers: Stragglers,
     /// What this forcer undid of an interrupted one's writes when it started.
     recovered: crate::journal::Recovered,
+    /// Whether remote library compiles get a metadata run beside them, and how many answered.
+    metadata_runs: bool,
+    metadata_runs_done: std::sync::atomic::AtomicUsize,
+    /// Outputs announced early whose blobs are in the store (those of metadata runs).
+    stored_early: Mutex<std::collections::HashSet<(Hash, SandboxPath)>>,
 }
 
 /// The remote engine, its slots, and how its failures have gone.
@@ -276,6 +293,9 @@ impl Forcer {
                 relaunched: std::sync::atomic::AtomicUsize::new(0),
                 stragglers: Stragglers::default(),
                 recovered,
+                metadata_runs: false,
+                metadata_runs_done: std::sync::atomic::AtomicUsize::new(0),
+                stored_early: Mutex::new(std::collections::HashSet::new()),
                 workdir,
             }),
         }
@@ -293,6 +313,19 @@ impl Forcer {
             extra: std::sync::atomic::AtomicUsize::new(0),
         });
         Forcer { inner: Arc::new(inner) }
+    }
+
+    /// The same forcer, running a metadata run beside each library compile on the remote engine, so
+    /// that the thunks needing only its rmeta start as soon as rustc has written it.
+    pub fn with_metadata_runs(self) -> Forcer {
+        let mut inner = Arc::into_inner(self.inner).expect("metadata runs are set before forcing starts");
+        inner.metadata_runs = true;
+        Forcer { inner: Arc::new(inner) }
+    }
+
+    /// Metadata runs that announced their rmeta.
+    pub fn metadata_runs(&self) -> usize {
+        self.inner.metadata_runs_done.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The same forcer, relaunching stragglers by `policy` instead of the default one.
@@ -506,16 +539,16 @@ impl Forcer {
         if let Some(remote) = &self.inner.remote
             && thunk.placement == crate::thunk::Placement::Anywhere
         {
-            // The remote engine reads the producers' reductions from the store: wait for them, not
-            // for an early announcement of an output.
-            for producer in thunk.inputs.values().filter_map(|input| match input {
-                Input::Link { thunk, .. } => Some(*thunk),
-                _ => None,
-            }) {
-                let _ = self.force(producer).await;
+            let links = self.remote_links(hash, &thunk, &ready).await?;
+            let metadata_run = self.start_metadata_run(hash, &thunk, &links);
+            let ran = self.run_remote(remote, hash, &thunk, &links).await;
+            if let Some(metadata_run) = metadata_run {
+                // Done or not, its rmeta is no longer needed early.
+                metadata_run.abort();
             }
-            match self.run_remote(remote, hash, &thunk).await {
+            match ran {
                 Ok(run) => {
+                    self.check_early_outputs(hash, &run.reduction)?;
                     return Ok(Forced {
                         reduction: Arc::new(run.reduction),
                         cached: false,
@@ -554,15 +587,89 @@ impl Forcer {
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared, fallback })
     }
 
+    /// The file behind each link input of a thunk about to run remotely. An output announced by a
+    /// metadata run is in the store; one rustc announced while running here is not yet, so for that
+    /// the whole producer is waited for.
+    async fn remote_links(
+        &self,
+        hash: Hash,
+        thunk: &crate::thunk::Thunk,
+        ready: &HashMap<(Hash, SandboxPath), OutputFile>,
+    ) -> Result<BTreeMap<SandboxPath, OutputFile>, Arc<ForceError>> {
+        let mut links = BTreeMap::new();
+        for (path, input) in &thunk.inputs {
+            let Input::Link { thunk: producer, output } = input else { continue };
+            let key = (*producer, output.clone());
+            let stored = self.inner.stored_early.lock().unwrap_or_else(|e| e.into_inner()).contains(&key);
+            let file = match ready.get(&key) {
+                Some(file) if stored => *file,
+                _ => {
+                    let forced = self.force(*producer).await.map_err(|error| {
+                        Arc::new(ForceError::DependencyFailed {
+                            thunk: hash,
+                            dependency: dependency_of(&error).unwrap_or(*producer),
+                        })
+                    })?;
+                    Self::output_of(*producer, output, Ok(Ok(forced)))?
+                }
+            };
+            links.insert(path.clone(), file);
+        }
+        Ok(links)
+    }
+
+    /// Starts a metadata run of a library thunk about to run remotely, when metadata runs are on:
+    /// the same compile on another worker, stopped once rustc has written the rmeta, which is
+    /// announced to the thunks that need only it (cargo's pipelining, across workers).
+    fn start_metadata_run(
+        &self,
+        hash: Hash,
+        thunk: &Arc<crate::thunk::Thunk>,
+        links: &BTreeMap<SandboxPath, OutputFile>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.inner.metadata_runs {
+            return None;
+        }
+        let rmeta = thunk.outputs.iter().find(|output| output.as_str().ends_with(".rmeta"))?.clone();
+        thunk.outputs.iter().find(|output| output.as_str().ends_with(".rlib"))?;
+        let (this, thunk, links) = (self.clone(), Arc::clone(thunk), links.clone());
+        Some(tokio::spawn(async move {
+            let Some(remote) = this.inner.remote.as_ref() else { return };
+            // A slot like any run: the engine's limit holds (Lambda's concurrency is an account's).
+            let _slot = remote.slots.acquire(hash).await;
+            let Ok(file) = remote.engine.run_until(hash, &thunk, &links, &rmeta).await else { return };
+            this.inner.metadata_runs_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Marked stored before it is announced: a remote consumer woken by it may use it at once.
+            this.inner.stored_early.lock().unwrap_or_else(|e| e.into_inner()).insert((hash, rmeta.clone()));
+            this.early_sender(hash).send_modify(|ready| {
+                ready.entry(rmeta).or_insert(file);
+            });
+        }))
+    }
+
+    /// Refuses a reduction whose outputs differ from what a metadata run announced for it: thunks
+    /// built against the announced rmeta would not match the library they are linked with.
+    fn check_early_outputs(&self, hash: Hash, reduction: &Reduction) -> Result<(), Arc<ForceError>> {
+        let early = self.early_sender(hash).borrow().clone();
+        for (output, file) in early {
+            if let Some(actual) = reduction.outputs.get(&output)
+                && actual.hash != file.hash
+            {
+                return Err(Arc::new(ForceError::UnreproducibleOutput { thunk: hash, output }));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `thunk` on the remote engine, retrying infrastructure failures with exponential backoff
     /// and launching another copy when it runs far past its expected time (the first result wins; a
-    /// losing copy's invocation is abandoned, and what it stores is content-addressed and creates no
-    /// object that exists already, so it changes nothing). `Err` says why it should run locally instead.
+    /// losing copy's invocation is abandoned). `Err` says why it should run locally instead.
     async fn run_remote(
         &self,
         remote: &Remote,
         hash: Hash,
         thunk: &Arc<crate::thunk::Thunk>,
+        links: &BTreeMap<SandboxPath, OutputFile>,
     ) -> Result<RemoteRun, String> {
         use std::sync::atomic::Ordering;
         if let Some(reason) = self.remote_refused(remote) {
@@ -573,8 +680,8 @@ impl Forcer {
         let patience = self.patience(hash, thunk).await;
         let mut copies = tokio::task::JoinSet::new();
         let launch = |copies: &mut tokio::task::JoinSet<Result<RemoteRun, String>>| {
-            let (this, thunk) = (self.clone(), Arc::clone(thunk));
-            copies.spawn(async move { this.remote_attempts(hash, &thunk).await });
+            let (this, thunk, links) = (self.clone(), Arc::clone(thunk), links.clone());
+            copies.spawn(async move { this.remote_attempts(hash, &thunk, &links).await });
         };
         launch(&mut copies);
         let late = tokio::time::sleep(patience);
@@ -628,7 +735,12 @@ impl Forcer {
 
     /// One copy of a remote run: attempts with backoff until one answers, the thunk's attempts are
     /// used up, or the build's budget of retries is.
-    async fn remote_attempts(&self, hash: Hash, thunk: &crate::thunk::Thunk) -> Result<RemoteRun, String> {
+    async fn remote_attempts(
+        &self,
+        hash: Hash,
+        thunk: &crate::thunk::Thunk,
+        links: &BTreeMap<SandboxPath, OutputFile>,
+    ) -> Result<RemoteRun, String> {
         use std::sync::atomic::Ordering;
         let remote = self.inner.remote.as_ref().expect("a remote run needs a remote engine");
         let mut backoff = REMOTE_BACKOFF;
@@ -636,7 +748,7 @@ impl Forcer {
         loop {
             let start = self.inner.origin.elapsed();
             remote.sent.fetch_add(1, Ordering::SeqCst);
-            match remote.engine.run(hash, thunk).await {
+            match remote.engine.run(hash, thunk, links).await {
                 Ok(run) => {
                     remote.failures_in_a_row.store(0, Ordering::SeqCst);
                     // The instance's own time ends the bar; the round trip before it shows as fetching.
@@ -773,7 +885,7 @@ impl Drop for Token {
 fn dependency_of(error: &ForceError) -> Option<Hash> {
     match error {
         ForceError::DependencyFailed { dependency, .. } => Some(*dependency),
-        ForceError::Exec { thunk, .. } => Some(*thunk),
+        ForceError::Exec { thunk, .. } | ForceError::UnreproducibleOutput { thunk, .. } => Some(*thunk),
         ForceError::Store(_) => None,
     }
 }

@@ -8,12 +8,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::hash::Hash;
-use crate::reduction::Reduction;
+use crate::path::SandboxPath;
+use crate::reduction::{OutputFile, Reduction};
 use crate::thunk::Thunk;
 
-/// The revision of the invocation messages; the function refuses others.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The revision of the invocation messages; the function refuses others. 2: `links`, `until` and
+/// the `announced` answer (metadata runs).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Lambda refuses a synchronous request or response above 6 MB; the client keeps well under it.
 pub const PAYLOAD_LIMIT: usize = 6_000_000;
@@ -35,6 +39,15 @@ pub struct Invocation {
     /// The thunk's canonical form, when small (checked against `thunk` by the function).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<String>,
+    /// The file each link input names, by input path, when the client knows it (else the function
+    /// reads the producers' reductions): a consumer can then start on an rmeta that a metadata run
+    /// stored before its producer's compile ended.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<SandboxPath, OutputFile>,
+    /// Run only until rustc announces this output (a library's rmeta), store it and answer
+    /// [`InvocationResult::Announced`]: a metadata run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<SandboxPath>,
 }
 
 impl Invocation {
@@ -42,7 +55,14 @@ impl Invocation {
     pub fn new(store: &str, hash: Hash, thunk: &Thunk) -> Invocation {
         let canonical = thunk.canonical_bytes();
         let inline = (canonical.len() <= INLINE_LIMIT).then(|| String::from_utf8_lossy(&canonical).into_owned());
-        Invocation { protocol: PROTOCOL_VERSION, store: store.to_owned(), thunk: hash, inline }
+        Invocation {
+            protocol: PROTOCOL_VERSION,
+            store: store.to_owned(),
+            thunk: hash,
+            inline,
+            links: BTreeMap::new(),
+            until: None,
+        }
     }
 }
 
@@ -54,6 +74,15 @@ pub enum InvocationResult {
     Reduced {
         /// The reduction (its output blobs are in the store).
         reduction: Box<Reduction>,
+        /// Where the invocation's time went.
+        timings: Timings,
+    },
+    /// A metadata run ended: the output it was run until, already in the store (no reduction).
+    Announced {
+        /// The output.
+        output: SandboxPath,
+        /// Its bytes' hash and size.
+        file: OutputFile,
         /// Where the invocation's time went.
         timings: Timings,
     },
@@ -125,8 +154,27 @@ pub trait RemoteEngine: Send + Sync {
     /// The engine's name in summaries (`lambda`).
     fn name(&self) -> &str;
 
-    /// Runs `thunk` (named `hash`) remotely and returns its reduction, already in the store.
-    async fn run(&self, hash: Hash, thunk: &Thunk) -> Result<RemoteRun, RemoteError>;
+    /// Runs `thunk` (named `hash`) remotely and returns its reduction, already in the store. `links`
+    /// names the file behind each link input when the caller knows them all (else it is empty).
+    async fn run(
+        &self,
+        hash: Hash,
+        thunk: &Thunk,
+        links: &BTreeMap<SandboxPath, OutputFile>,
+    ) -> Result<RemoteRun, RemoteError>;
+
+    /// Runs `thunk` only until rustc announces `output` (its rmeta) and returns that file, already in
+    /// the store: the same process as [`RemoteEngine::run`] up to that point, so the same bytes.
+    async fn run_until(
+        &self,
+        hash: Hash,
+        thunk: &Thunk,
+        links: &BTreeMap<SandboxPath, OutputFile>,
+        output: &SandboxPath,
+    ) -> Result<OutputFile, RemoteError> {
+        let _ = (hash, thunk, links, output);
+        Err(RemoteError::Final(format!("{} has no metadata runs", self.name())))
+    }
 
     /// What it has been billed for so far.
     fn usage(&self) -> Usage {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::Fixture;
-use thunk::exec::Executor;
+use thunk::exec::{Executor, Given, Ran};
 use thunk::force::{Forcer, Stragglers};
 use thunk::remote::{RemoteEngine, RemoteError, RemoteRun};
 use thunk::{Hash, Thunk};
@@ -27,6 +27,7 @@ struct Scripted {
     executor: Executor,
     plan: Box<Plan>,
     calls: AtomicUsize,
+    metadata_calls: AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -35,15 +36,38 @@ impl RemoteEngine for Scripted {
         "scripted"
     }
 
-    async fn run(&self, _hash: Hash, thunk: &Thunk) -> Result<RemoteRun, RemoteError> {
+    async fn run(
+        &self,
+        _hash: Hash,
+        thunk: &Thunk,
+        links: &std::collections::BTreeMap<thunk::SandboxPath, thunk::reduction::OutputFile>,
+    ) -> Result<RemoteRun, RemoteError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         match (self.plan)(call) {
             Behaviour::Run => {
-                let (reduction, phases) = self.executor.execute_phased(thunk).await.unwrap();
+                let given = Given { links: links.clone(), until: None };
+                let Ran::Reduced(reduction, phases) = self.executor.execute_given(thunk, &given).await.unwrap() else {
+                    unreachable!("a full run")
+                };
                 Ok(RemoteRun { reduction, worker: format!("scripted {call}"), phases, overhead_ms: 0 })
             }
             Behaviour::Hang => std::future::pending().await,
             Behaviour::Fail => Err(RemoteError::Retryable(format!("call {call} failed on purpose"))),
+        }
+    }
+
+    async fn run_until(
+        &self,
+        _hash: Hash,
+        thunk: &Thunk,
+        links: &std::collections::BTreeMap<thunk::SandboxPath, thunk::reduction::OutputFile>,
+        output: &thunk::SandboxPath,
+    ) -> Result<thunk::reduction::OutputFile, RemoteError> {
+        self.metadata_calls.fetch_add(1, Ordering::SeqCst);
+        let given = Given { links: links.clone(), until: Some(output.clone()) };
+        match self.executor.execute_given(thunk, &given).await.unwrap() {
+            Ran::Announced(_, file, _) => Ok(file),
+            Ran::Reduced(..) => Err(RemoteError::Final("ended before announcing".into())),
         }
     }
 }
@@ -73,7 +97,12 @@ fn output_of(forced: &thunk::force::Forced) -> thunk::reduction::OutputFile {
 
 fn scripted(fixture: &Fixture, plan: impl Fn(usize) -> Behaviour + Send + Sync + 'static) -> Arc<Scripted> {
     let executor = Executor::new(fixture.store.clone(), fixture.workdir.clone(), "scripted");
-    Arc::new(Scripted { executor, plan: Box::new(plan), calls: AtomicUsize::new(0) })
+    Arc::new(Scripted {
+        executor,
+        plan: Box::new(plan),
+        calls: AtomicUsize::new(0),
+        metadata_calls: AtomicUsize::new(0),
+    })
 }
 
 #[tokio::test]
@@ -193,4 +222,53 @@ async fn among_ready_thunks_the_one_on_the_longest_expected_path_runs_first() {
     assert_eq!(&order[..2], &[gate, long1], "the head of the 10-second chain goes before the 0.3-second one's");
     let position = |hash| order.iter().position(|h| *h == hash).unwrap();
     assert!(position(long1) < position(short1), "{order:?}");
+}
+
+#[tokio::test]
+async fn a_metadata_run_lets_a_consumer_of_the_rmeta_finish_before_the_library_compile_ends() {
+    let fixture = Fixture::new();
+    let gate = fixture.dir.path().join("gate-open");
+    // A "library": writes its rmeta, announces it as rustc does, then takes until the gate opens to
+    // write its rlib.
+    let mut library = thunk_in_place(
+        &fixture,
+        "library",
+        &format!(
+            "echo metadata > lib.rmeta\n\
+             printf '{{\"artifact\":\"%s/lib.rmeta\",\"emit\":\"metadata\"}}\\n' \"$PWD\" >&2\n\
+             while [ ! -e {gate} ]; do sleep 0.02; done\n\
+             echo code > lib.rlib\n\
+             echo done > out.txt",
+            gate = gate.display()
+        ),
+    )
+    .await;
+    let dir = library.cwd.clone().unwrap();
+    library.outputs.extend([support::path(&format!("{dir}/lib.rmeta")), support::path(&format!("{dir}/lib.rlib"))]);
+    fixture.store.put_thunk(&library).await.unwrap();
+    let mut consumer = thunk_in_place(&fixture, "consumer", "cat in.rmeta > out.txt").await;
+    let input = support::path(&format!("{}/in.rmeta", consumer.cwd.clone().unwrap()));
+    let rmeta = support::path(&format!("{dir}/lib.rmeta"));
+    consumer.inputs.insert(input, thunk::Input::Link { thunk: library.hash(), output: rmeta });
+    let consumer_hash = fixture.store.put_thunk(&consumer).await.unwrap();
+
+    let engine = scripted(&fixture, |_| Behaviour::Run);
+    let forcer = Forcer::new(fixture.store.clone(), fixture.workdir.clone(), 1)
+        .with_remote(engine.clone(), 4)
+        .with_metadata_runs();
+    let library_forced = tokio::spawn(forcer.force(library.hash()));
+    // The consumer finishes while the library's compile still waits for the gate.
+    let forced = tokio::time::timeout(Duration::from_secs(30), forcer.force(consumer_hash))
+        .await
+        .expect("the consumer did not wait for the whole library")
+        .unwrap();
+    assert!(!library_forced.is_finished());
+    assert_eq!(fixture.store.get_blob(output_of(&forced).hash).await.unwrap(), b"metadata\n");
+    assert_eq!(forcer.metadata_runs(), 1);
+    assert_eq!(engine.metadata_calls.load(Ordering::SeqCst), 1);
+
+    std::fs::write(&gate, b"").unwrap();
+    let library = library_forced.await.unwrap().unwrap();
+    assert!(library.reduction.succeeded());
+    assert_eq!(library.reduction.outputs.len(), 3);
 }

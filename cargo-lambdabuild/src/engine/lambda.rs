@@ -9,14 +9,16 @@
 //! dropped connection). The local emulator answers a crashed handler with HTTP 500 where Lambda answers
 //! 200 with `X-Amz-Function-Error`; both are read as the same thing.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::primitives::Blob;
+use thunk::reduction::OutputFile;
 use thunk::remote::{Invocation, InvocationResult, PAYLOAD_LIMIT, RemoteEngine, RemoteError, RemoteRun};
-use thunk::{Hash, Thunk};
+use thunk::{Hash, SandboxPath, Thunk};
 
 /// The function's name when neither `--function` nor `LAMBDABUILD_FUNCTION` names one: what
 /// `cargo lambdabuild deploy` creates.
@@ -92,8 +94,16 @@ impl LambdaEngine {
         self.samples.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn payload(&self, hash: Hash, thunk: &Thunk) -> Result<Vec<u8>, RemoteError> {
+    fn payload(
+        &self,
+        hash: Hash,
+        thunk: &Thunk,
+        links: &BTreeMap<SandboxPath, OutputFile>,
+        until: Option<&SandboxPath>,
+    ) -> Result<Vec<u8>, RemoteError> {
         let mut invocation = Invocation::new(&self.store, hash, thunk);
+        invocation.links = links.clone();
+        invocation.until = until.cloned();
         let mut payload = serde_json::to_vec(&invocation).map_err(|e| RemoteError::Final(e.to_string()))?;
         if payload.len() > PAYLOAD_LIMIT {
             // The function reads it from the store instead.
@@ -157,30 +167,13 @@ impl RemoteEngine for LambdaEngine {
         }
     }
 
-    async fn run(&self, hash: Hash, thunk: &Thunk) -> Result<RemoteRun, RemoteError> {
-        let payload = self.payload(hash, thunk)?;
-        let started = Instant::now();
-        let output = self
-            .client
-            .invoke()
-            .function_name(&self.function)
-            .payload(Blob::new(payload))
-            .send()
-            .await
-            .map_err(|error| self.sdk_error(error))?;
-        let wall_ms = started.elapsed().as_millis() as u64;
-        let body = output.payload().map(|blob| blob.as_ref()).unwrap_or_default();
-        if let Some(kind) = output.function_error() {
-            // The instance crashed, ran out of memory or time: another instance may do better.
-            let detail = String::from_utf8_lossy(&body[..body.len().min(500)]);
-            return Err(RemoteError::Retryable(format!("the function failed ({kind}): {detail}")));
-        }
-        let result: InvocationResult = serde_json::from_slice(body).map_err(|e| {
-            RemoteError::Final(format!(
-                "the function's answer is not one this client understands ({e}); deploy the function of this \
-                 version with `cargo lambdabuild deploy`"
-            ))
-        })?;
+    async fn run(
+        &self,
+        hash: Hash,
+        thunk: &Thunk,
+        links: &BTreeMap<SandboxPath, OutputFile>,
+    ) -> Result<RemoteRun, RemoteError> {
+        let (result, wall_ms) = self.invoke(self.payload(hash, thunk, links, None)?).await?;
         match result {
             InvocationResult::Reduced { reduction, timings } => {
                 if reduction.thunk != hash {
@@ -209,8 +202,72 @@ impl RemoteEngine for LambdaEngine {
                     overhead_ms: wall_ms.saturating_sub(timings.total_ms),
                 })
             }
+            InvocationResult::Announced { output, .. } => {
+                Err(RemoteError::Final(format!("the function stopped at {output}, which it was not asked to")))
+            }
             InvocationResult::Failed { retryable: true, message } => Err(RemoteError::Retryable(message)),
             InvocationResult::Failed { retryable: false, message } => Err(RemoteError::Final(message)),
         }
+    }
+
+    async fn run_until(
+        &self,
+        hash: Hash,
+        thunk: &Thunk,
+        links: &BTreeMap<SandboxPath, OutputFile>,
+        output: &SandboxPath,
+    ) -> Result<OutputFile, RemoteError> {
+        let (result, wall_ms) = self.invoke(self.payload(hash, thunk, links, Some(output))?).await?;
+        let (file, timings) = match result {
+            InvocationResult::Announced { output: announced, file, timings } if announced == *output => (file, timings),
+            // rustc ended before announcing it (a compile error): the full run reports that.
+            InvocationResult::Reduced { reduction, timings } => match reduction.outputs.get(output) {
+                Some(file) if reduction.succeeded() => (*file, timings),
+                _ => return Err(RemoteError::Final(format!("the compile ended before writing {output}"))),
+            },
+            InvocationResult::Announced { output: announced, .. } => {
+                return Err(RemoteError::Final(format!("the function stopped at {announced}, not {output}")));
+            }
+            InvocationResult::Failed { retryable: true, message } => return Err(RemoteError::Retryable(message)),
+            InvocationResult::Failed { retryable: false, message } => return Err(RemoteError::Final(message)),
+        };
+        let sample = Sample {
+            wall_ms,
+            run_ms: timings.run_ms,
+            cold: timings.cold,
+            toolchain_ms: timings.toolchain_ms,
+            billed_ms: timings.total_ms,
+        };
+        self.samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+        Ok(file)
+    }
+}
+
+impl LambdaEngine {
+    /// Sends one invocation and reads its answer, with the round trip's wall time.
+    async fn invoke(&self, payload: Vec<u8>) -> Result<(InvocationResult, u64), RemoteError> {
+        let started = Instant::now();
+        let output = self
+            .client
+            .invoke()
+            .function_name(&self.function)
+            .payload(Blob::new(payload))
+            .send()
+            .await
+            .map_err(|error| self.sdk_error(error))?;
+        let wall_ms = started.elapsed().as_millis() as u64;
+        let body = output.payload().map(|blob| blob.as_ref()).unwrap_or_default();
+        if let Some(kind) = output.function_error() {
+            // The instance crashed, ran out of memory or time: another instance may do better.
+            let detail = String::from_utf8_lossy(&body[..body.len().min(500)]);
+            return Err(RemoteError::Retryable(format!("the function failed ({kind}): {detail}")));
+        }
+        let result: InvocationResult = serde_json::from_slice(body).map_err(|e| {
+            RemoteError::Final(format!(
+                "the function's answer is not one this client understands ({e}); deploy the function of this \
+                 version with `cargo lambdabuild deploy`"
+            ))
+        })?;
+        Ok((result, wall_ms))
     }
 }

@@ -147,7 +147,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
                 );
             };
             let engine = Arc::new(LambdaEngine::connect(settings, url).await);
-            forcer = forcer.with_remote(Arc::clone(&engine) as Arc<dyn RemoteEngine>, invocations);
+            forcer = forcer.with_remote(Arc::clone(&engine) as Arc<dyn RemoteEngine>, invocations).with_metadata_runs();
             Some(engine)
         }
         None => None,
@@ -260,6 +260,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             "fallbacks": report.fallbacks.values().sum::<usize>(),
             "retried": forcer.retried(),
             "relaunched": forcer.relaunched(),
+            "metadata_runs": forcer.metadata_runs(),
             "model_s": modelled.seconds,
             "force_s": force_seconds,
             "cost": cost,
