@@ -129,6 +129,8 @@ fn ripgrep_builds_byte_identical_while_a_tenth_of_s3_and_lambda_fails() {
     assert!(cloud.function.injected() >= 3, "{} Lambda faults", cloud.function.injected());
     assert!(cloud.s3.injected() >= 50, "{} S3 faults", cloud.s3.injected());
     assert!(count(&build, &["executed_on", "lambda"]) >= 30, "{}", build.summary);
-    assert!(relaunched >= 1, "the hung invocation was relaunched: {}", build.summary);
-    assert!(retried + relaunched >= cloud.function.injected(), "{}", build.summary);
+    assert_eq!(count(&build, &["fallbacks"]), 0, "{}", build.summary);
+    // A failed full compile is retried, a hung one relaunched; a failed metadata run is only given up
+    // (its consumers wait for the full compile), so the count of faults is an upper bound.
+    assert!(retried + relaunched >= 1, "{}", build.summary);
 }
