@@ -8,7 +8,7 @@
 //! serves `bootstrap`, so each [`FaultyFunction`] leases one of the other names, locked across every
 //! test process using the same services.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,8 +25,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use thunk::remote::{Invocation, InvocationResult};
-use thunk::thunk::{MemoryClass, ProgramPath};
-use thunk::{Placement, SandboxPath, Thunk};
 
 use crate::support::{DevServices, dev_services, hygienic};
 
@@ -402,19 +400,7 @@ fn injected_crashes_hangs_and_timeouts_reach_the_client_as_from_lambda() {
     // Answers may be slow on a busy machine; a hang is waited for only briefly.
     let client = lambda_client(services, Duration::from_secs(60));
     let impatient = lambda_client(services, Duration::from_secs(2));
-    // A thunk whose toolchain the bucket lacks: the function opens the store and answers at once.
-    let thunk = Thunk {
-        toolchain: thunk::Hash::of(b"a toolchain never uploaded"),
-        program: ProgramPath(SandboxPath::new("run.sh").unwrap()),
-        args: Vec::new(),
-        cwd: None,
-        env: BTreeMap::new(),
-        inputs: BTreeMap::new(),
-        outputs: BTreeSet::from([SandboxPath::new("out.txt").unwrap()]),
-        timeout_ms: 5000,
-        memory: MemoryClass::Standard,
-        placement: Placement::Anywhere,
-    };
+    let thunk = crate::lambda::thunk_without_toolchain();
     let store = services.create_bucket("faults").to_string();
     let payload = serde_json::to_vec(&Invocation::new(&store, thunk.hash(), &thunk)).unwrap();
     let answered = |seen: Seen| match seen {

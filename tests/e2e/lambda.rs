@@ -132,10 +132,9 @@ fn an_unreachable_lambda_is_retried_then_the_build_runs_locally() {
     assert!(project.root.join("target/lambdabuild/debug/app").is_file());
 }
 
-#[test]
-fn the_function_refuses_what_it_cannot_run_with_a_final_answer() {
-    let cloud = Cloud::new();
-    let thunk = Thunk {
+/// A thunk whose toolchain no bucket has: the function opens the store and answers at once.
+pub fn thunk_without_toolchain() -> Thunk {
+    Thunk {
         toolchain: thunk::Hash::of(b"a toolchain never uploaded"),
         program: ProgramPath(SandboxPath::new("run.sh").unwrap()),
         args: Vec::new(),
@@ -146,7 +145,13 @@ fn the_function_refuses_what_it_cannot_run_with_a_final_answer() {
         timeout_ms: 5000,
         memory: MemoryClass::Standard,
         placement: Placement::Anywhere,
-    };
+    }
+}
+
+#[test]
+fn the_function_refuses_what_it_cannot_run_with_a_final_answer() {
+    let cloud = Cloud::new();
+    let thunk = thunk_without_toolchain();
     let hash = thunk.hash();
 
     // Its toolchain was never uploaded to this bucket.

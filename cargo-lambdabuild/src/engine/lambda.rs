@@ -179,14 +179,7 @@ impl RemoteEngine for LambdaEngine {
                 if reduction.thunk != hash {
                     return Err(RemoteError::Final(format!("the function answered for thunk {}", reduction.thunk)));
                 }
-                let sample = Sample {
-                    wall_ms,
-                    run_ms: timings.run_ms,
-                    cold: timings.cold,
-                    toolchain_ms: timings.toolchain_ms,
-                    billed_ms: timings.total_ms,
-                };
-                self.samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+                self.record(wall_ms, &timings);
                 let phases = thunk::exec::Phases {
                     fetch_ms: timings.toolchain_ms + timings.fetch_ms,
                     run_ms: timings.run_ms,
@@ -231,6 +224,14 @@ impl RemoteEngine for LambdaEngine {
             InvocationResult::Failed { retryable: true, message } => return Err(RemoteError::Retryable(message)),
             InvocationResult::Failed { retryable: false, message } => return Err(RemoteError::Final(message)),
         };
+        self.record(wall_ms, &timings);
+        Ok(file)
+    }
+}
+
+impl LambdaEngine {
+    /// Keeps an answered invocation's sample, for the overhead report and the bill.
+    fn record(&self, wall_ms: u64, timings: &thunk::remote::Timings) {
         let sample = Sample {
             wall_ms,
             run_ms: timings.run_ms,
@@ -239,11 +240,8 @@ impl RemoteEngine for LambdaEngine {
             billed_ms: timings.total_ms,
         };
         self.samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
-        Ok(file)
     }
-}
 
-impl LambdaEngine {
     /// Sends one invocation and reads its answer, with the round trip's wall time.
     async fn invoke(&self, payload: Vec<u8>) -> Result<(InvocationResult, u64), RemoteError> {
         let started = Instant::now();
