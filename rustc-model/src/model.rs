@@ -154,6 +154,17 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Adds a Rust source by hash and returns its text, read once for both.
+    fn add_source(&mut self, path: &Path) -> Result<Vec<u8>, ModelError> {
+        let (digest, bytes) = self.cache.read(path).map_err(io_error(path))?;
+        if !matches!(Placeholder::parse(&bytes), Ok(None)) {
+            return Err(ModelError::PassThrough("a source file that is a cargo-lambdabuild placeholder"));
+        }
+        let input = Input::Blob { hash: digest.hash, size: digest.size, executable: digest.executable };
+        self.inputs.insert(mirror(path)?, input);
+        Ok(bytes)
+    }
+
     /// Adds a dependency artifact and, through the thunk that makes it, its whole closure.
     async fn add_dependency(&mut self, path: &Path, needs_rlib: bool) -> Result<(), ModelError> {
         let (thunk, output) = match self.context.session.and_then(|session| session.output_of(path)) {
@@ -266,14 +277,14 @@ pub async fn model(call: &Call, context: &Context<'_>) -> Result<Modelled, Model
     builder.walk(&manifest_dir, &manifest_dir, &mut files)?;
     let mut found = Found::default();
     for file in &files {
-        if file.extension().is_some_and(|e| e == "rs")
-            && let Ok(text) = fs::read_to_string(file)
-        {
-            scan::scan(file, &text, &mut found);
+        if file.extension().is_some_and(|e| e == "rs") {
+            let text = builder.add_source(file)?;
+            if let Ok(text) = std::str::from_utf8(&text) {
+                scan::scan(file, text, &mut found);
+            }
+        } else {
+            builder.add_file(file).await?;
         }
-    }
-    for file in &files {
-        builder.add_file(file).await?;
         builder.sources.push(file.clone());
     }
     for file in &found.files {

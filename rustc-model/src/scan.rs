@@ -33,12 +33,9 @@ pub fn scan(path: &Path, text: &str, found: &mut Found) {
         for literal in literals_after(text, macro_name) {
             found.env.insert(literal.to_owned());
         }
-        let mut rest = text;
-        while let Some(index) = rest.find(macro_name) {
-            let before = &rest[..index];
-            rest = &rest[index + macro_name.len()..];
-            let Some(literal) = leading_literal(rest) else { continue };
-            if !builds_include_path(before) {
+        for index in memchr::memmem::find_iter(text.as_bytes(), macro_name) {
+            let Some(literal) = leading_literal(&text[index + macro_name.len()..]) else { continue };
+            if !builds_include_path(&text[..index]) {
                 found.env_values.insert(literal.to_owned());
             }
         }
@@ -56,15 +53,13 @@ fn builds_include_path(before: &str) -> bool {
 }
 
 /// The string literals right after each `marker` (skipping spaces); anything else after a marker, such
-/// as `concat!(…)`, is not a literal path and is skipped.
+/// as `concat!(…)`, is not a literal path and is skipped. memchr's SIMD search, not `str::find`: the
+/// scan reads every source of every crate, and with `str::find` it was a tenth of the model's time.
 fn literals_after<'t>(text: &'t str, marker: &str) -> Vec<&'t str> {
-    let mut literals = Vec::new();
-    let mut rest = text;
-    while let Some(index) = rest.find(marker) {
-        rest = &rest[index + marker.len()..];
-        literals.extend(leading_literal(rest));
-    }
-    literals
+    // A marker is ASCII, so a match ends on a character boundary.
+    memchr::memmem::find_iter(text.as_bytes(), marker)
+        .filter_map(|index| leading_literal(&text[index + marker.len()..]))
+        .collect()
 }
 
 /// The plain string literal `text` starts with (after spaces), if any.

@@ -1,13 +1,21 @@
 //! A persistent cache of file hashes keyed by path, size, mtime and inode, so that naming a 500 MB
 //! toolchain, or a package's sources, a second time costs a `stat` per file instead of a re-hash.
 //!
-//! One small file per entry (named by the hash of the path) keeps concurrent writers from different
-//! processes out of each other's way: each entry is replaced atomically by a rename.
+//! One small file per directory of hashed files (named by the hash of the directory's path) holds a
+//! line per file. A process reads a directory's entry once, and writes what it learned when its
+//! cache is dropped (or [`HashCache::flush`]ed): a crate's sources cost a file or two, not one file
+//! each, which on ext4 after a `cargo clean` costs more than the hashing. Entries are replaced
+//! atomically by a rename after merging what is on disk, so concurrent writers never tear one; two
+//! writers racing on one directory may drop each other's new lines, which only costs a re-hash.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::hash::Hash;
@@ -54,25 +62,42 @@ impl StatKey {
     }
 }
 
-/// The cache, in a directory of its own.
+/// The cache, in a directory of its own. Clones share what was read and learned; it is written
+/// when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct HashCache {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     dir: PathBuf,
+    directories: Mutex<HashMap<PathBuf, Directory>>,
+}
+
+/// What is known of the files of one directory: as read from its entry, plus what this process
+/// hashed since (to be written).
+#[derive(Debug, Default)]
+struct Directory {
+    known: HashMap<OsString, (StatKey, Hash)>,
+    learned: HashMap<OsString, (StatKey, Hash)>,
 }
 
 impl HashCache {
     /// A cache whose entries live in `dir` (created on first write).
     pub fn new(dir: PathBuf) -> HashCache {
-        HashCache { dir }
+        HashCache { shared: Arc::new(Shared { dir, directories: Mutex::new(HashMap::new()) }) }
     }
 
     /// The digest of the file at `path` (absolute), from the cache when its stat data is unchanged.
     pub fn digest(&self, path: &Path) -> io::Result<FileDigest> {
-        let entry = self.dir.join(Hash::of(path.as_os_str().as_encoded_bytes()).to_hex());
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::other(format!("{} is not a file's path", path.display())));
+        };
         let metadata = fs::metadata(path)?;
         let stat = StatKey::of(&metadata);
         let executable = metadata.permissions().mode() & 0o100 != 0;
-        if let Some(hash) = read_entry(&entry, stat) {
+        if let Some(hash) = self.cached(parent, name, stat) {
             return Ok(FileDigest { hash, size: stat.size, executable, stat, from_cache: true });
         }
         // Hash, then check nothing changed meanwhile; a file being rewritten is hashed again.
@@ -85,8 +110,7 @@ impl HashCache {
                 let modified = after_metadata.modified()?;
                 let settled = SystemTime::now().duration_since(modified).is_ok_and(|age| age >= RACY_WINDOW);
                 if settled {
-                    // A failed write only costs a re-hash next time.
-                    let _ = self.write_entry(&entry, after, hash);
+                    self.learn(parent, name, after, hash);
                 }
                 let executable = after_metadata.permissions().mode() & 0o100 != 0;
                 return Ok(FileDigest { hash, size, executable, stat: after, from_cache: false });
@@ -95,30 +119,134 @@ impl HashCache {
         Err(io::Error::other(format!("{} kept changing while it was being hashed", path.display())))
     }
 
-    fn write_entry(&self, entry: &Path, stat: StatKey, hash: Hash) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
-        let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        let StatKey { size, mtime_s, mtime_ns, dev, ino } = stat;
-        writeln!(temp, "v1 {size} {mtime_s} {mtime_ns} {dev} {ino} {hash}")?;
-        temp.persist(entry).map_err(|e| e.error)?;
-        Ok(())
+    /// The bytes of the file at `path` with their digest, which is cached as [`HashCache::digest`]
+    /// caches it. For a file the caller reads anyway (the model scans every Rust source), one read
+    /// instead of one to hash and one to use; hashing bytes in memory costs less than a `stat`.
+    pub fn read(&self, path: &Path) -> io::Result<(FileDigest, Vec<u8>)> {
+        use std::io::Read;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::other(format!("{} is not a file's path", path.display())));
+        };
+        for _ in 0..3 {
+            let mut file = fs::File::open(path)?;
+            let before = file.metadata()?;
+            let mut bytes = Vec::with_capacity(before.len() as usize);
+            file.read_to_end(&mut bytes)?;
+            let after = file.metadata()?;
+            let stat = StatKey::of(&after);
+            if StatKey::of(&before) == stat && stat.size == bytes.len() as u64 {
+                let hash = Hash::of(&bytes);
+                let settled =
+                    SystemTime::now().duration_since(after.modified()?).is_ok_and(|age| age >= RACY_WINDOW);
+                if settled && self.cached(parent, name, stat) != Some(hash) {
+                    self.learn(parent, name, stat, hash);
+                }
+                let executable = after.permissions().mode() & 0o100 != 0;
+                let digest = FileDigest { hash, size: stat.size, executable, stat, from_cache: false };
+                return Ok((digest, bytes));
+            }
+        }
+        Err(io::Error::other(format!("{} kept changing while it was being read", path.display())))
+    }
+
+    fn learn(&self, parent: &Path, name: &std::ffi::OsStr, stat: StatKey, hash: Hash) {
+        // A name with a newline cannot be a line of an entry; that file is hashed every time.
+        if !name.as_bytes().contains(&b'\n') {
+            self.in_directory(parent, |directory| directory.learned.insert(name.to_owned(), (stat, hash)));
+        }
+    }
+
+    /// Writes what was learned since the last flush. A failed write only costs re-hashing later.
+    pub fn flush(&self) {
+        self.shared.flush();
+    }
+
+    fn cached(&self, parent: &Path, name: &std::ffi::OsStr, stat: StatKey) -> Option<Hash> {
+        self.in_directory(parent, |directory| {
+            let (cached, hash) = directory.learned.get(name).or_else(|| directory.known.get(name))?;
+            (*cached == stat).then_some(*hash)
+        })
+    }
+
+    /// Runs `f` on what is known of `parent`, reading its entry the first time.
+    fn in_directory<R>(&self, parent: &Path, f: impl FnOnce(&mut Directory) -> R) -> R {
+        let mut directories = self.shared.lock();
+        let directory = directories.entry(parent.to_owned()).or_insert_with(|| Directory {
+            known: read_entry(&self.shared.entry_path(parent)),
+            learned: HashMap::new(),
+        });
+        f(directory)
     }
 }
 
-fn read_entry(entry: &Path, stat: StatKey) -> Option<Hash> {
-    let text = fs::read_to_string(entry).ok()?;
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let [version, size, mtime_s, mtime_ns, dev, ino, hash] = fields[..] else {
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Directory>> {
+        self.directories.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entry_path(&self, directory: &Path) -> PathBuf {
+        self.dir.join(Hash::of(directory.as_os_str().as_bytes()).to_hex())
+    }
+
+    fn flush(&self) {
+        let mut directories = self.lock();
+        for (path, directory) in directories.iter_mut() {
+            if directory.learned.is_empty() {
+                continue;
+            }
+            let entry = self.entry_path(path);
+            // Another process may have written lines since this one read the entry: keep them.
+            let mut lines = read_entry(&entry);
+            lines.extend(directory.learned.drain());
+            let _ = write_entry(&self.dir, &entry, &lines);
+            directory.known = lines;
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// An entry's lines: `v2 SIZE MTIME_S MTIME_NS DEV INO HASH NAME` (the name last: it may hold spaces).
+fn write_entry(dir: &Path, entry: &Path, lines: &HashMap<OsString, (StatKey, Hash)>) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let mut text = Vec::new();
+    for (name, (StatKey { size, mtime_s, mtime_ns, dev, ino }, hash)) in lines {
+        write!(text, "v2 {size} {mtime_s} {mtime_ns} {dev} {ino} {hash} ")?;
+        text.extend_from_slice(name.as_bytes());
+        text.push(b'\n');
+    }
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(&text)?;
+    temp.persist(entry).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The lines of an entry that parse; a damaged line is skipped (that file is hashed again).
+fn read_entry(entry: &Path) -> HashMap<OsString, (StatKey, Hash)> {
+    let Ok(bytes) = fs::read(entry) else { return HashMap::new() };
+    bytes.split(|&b| b == b'\n').filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &[u8]) -> Option<(OsString, (StatKey, Hash))> {
+    let mut fields = line.splitn(8, |&b| b == b' ');
+    let mut next = || std::str::from_utf8(fields.next()?).ok();
+    if next()? != "v2" {
         return None;
+    }
+    let stat = StatKey {
+        size: next()?.parse().ok()?,
+        mtime_s: next()?.parse().ok()?,
+        mtime_ns: next()?.parse().ok()?,
+        dev: next()?.parse().ok()?,
+        ino: next()?.parse().ok()?,
     };
-    let cached = StatKey {
-        size: size.parse().ok()?,
-        mtime_s: mtime_s.parse().ok()?,
-        mtime_ns: mtime_ns.parse().ok()?,
-        dev: dev.parse().ok()?,
-        ino: ino.parse().ok()?,
-    };
-    (version == "v1" && cached == stat).then(|| hash.parse().ok()).flatten()
+    let hash = next()?.parse().ok()?;
+    let name = fields.next().filter(|name| !name.is_empty())?;
+    Some((OsString::from_vec(name.to_vec()), (stat, hash)))
 }
 
 #[cfg(test)]
@@ -146,6 +274,7 @@ mod tests {
     fn cached_digest_follows_changes() {
         let (dir, cache, file) = setup(b"one", 60);
         assert_eq!(cache.digest(&file).unwrap().hash, Hash::of(b"one"));
+        cache.flush();
         assert_eq!(fs::read_dir(dir.path().join("cache")).unwrap().count(), 1);
         // Same size, new content and mtime: the entry no longer matches.
         fs::write(&file, b"two").unwrap();
@@ -157,6 +286,7 @@ mod tests {
     fn a_stale_entry_is_never_trusted() {
         let (dir, cache, file) = setup(b"one", 60);
         cache.digest(&file).unwrap();
+        drop(cache);
         // Rewrite the entry to claim another hash for a different mtime: it must be ignored.
         let entry = fs::read_dir(dir.path().join("cache")).unwrap().next().unwrap().unwrap().path();
         let text = fs::read_to_string(&entry).unwrap();
@@ -164,6 +294,7 @@ mod tests {
         fields[2] = "1".into();
         fields[6] = Hash::of(b"lie").to_hex();
         fs::write(&entry, fields.join(" ")).unwrap();
+        let cache = HashCache::new(dir.path().join("cache"));
         assert_eq!(cache.digest(&file).unwrap().hash, Hash::of(b"one"));
     }
 
@@ -171,6 +302,36 @@ mod tests {
     fn recent_files_are_not_cached() {
         let (dir, cache, file) = setup(b"fresh", 0);
         assert_eq!(cache.digest(&file).unwrap().hash, Hash::of(b"fresh"));
+        cache.flush();
         assert!(!dir.path().join("cache").exists());
+    }
+
+    #[test]
+    fn a_directory_is_one_entry_and_its_writers_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b with spaces"));
+        for file in [&a, &b] {
+            fs::write(file, file.to_str().unwrap()).unwrap();
+            age(file, 60);
+        }
+        let entries = dir.path().join("cache");
+        let (first, second) = (HashCache::new(entries.clone()), HashCache::new(entries.clone()));
+        assert!(!first.digest(&a).unwrap().from_cache);
+        assert!(!second.digest(&b).unwrap().from_cache);
+        drop(first);
+        drop(second);
+        assert_eq!(fs::read_dir(&entries).unwrap().count(), 1);
+        let third = HashCache::new(entries);
+        assert!(third.digest(&a).unwrap().from_cache);
+        assert!(third.digest(&b).unwrap().from_cache);
+    }
+
+    #[test]
+    fn a_read_file_is_hashed_and_cached() {
+        let (dir, cache, file) = setup(b"fn main() {}", 60);
+        let (digest, bytes) = cache.read(&file).unwrap();
+        assert_eq!((digest.hash, digest.size, bytes.as_slice()), (Hash::of(b"fn main() {}"), 12, &b"fn main() {}"[..]));
+        drop(cache);
+        assert!(HashCache::new(dir.path().join("cache")).digest(&file).unwrap().from_cache);
     }
 }
