@@ -136,8 +136,7 @@ impl HashCache {
             let stat = StatKey::of(&after);
             if StatKey::of(&before) == stat && stat.size == bytes.len() as u64 {
                 let hash = Hash::of(&bytes);
-                let settled =
-                    SystemTime::now().duration_since(after.modified()?).is_ok_and(|age| age >= RACY_WINDOW);
+                let settled = SystemTime::now().duration_since(after.modified()?).is_ok_and(|age| age >= RACY_WINDOW);
                 if settled && self.cached(parent, name, stat) != Some(hash) {
                     self.learn(parent, name, stat, hash);
                 }
