@@ -141,7 +141,7 @@ pub struct PredictArgs {
     /// The packed toolchain each new instance fetches, in MB [default: 170]
     #[arg(long, value_name = "MB")]
     pub layer_mb: Option<u64>,
-    /// Unpacking it, in ms [default: 600]
+    /// Unpacking it, in ms; it overlaps the download, so only the longer of the two counts [default: 600]
     #[arg(long, value_name = "MS")]
     pub unpack_ms: Option<u64>,
     /// One instance's throughput to and from S3, in MB/s [default: 100]

@@ -217,21 +217,32 @@ impl Function {
         if dest.is_dir() {
             return Ok(false);
         }
+        // Unpacked while it downloads: the layer is verified entry by entry against its manifest,
+        // and the tree is moved into place only when whole, so nothing unverified is ever used.
         let key = ObjectKey::Toolchain(hash);
-        let layer = match opened.store.backend().get(key).await {
-            Ok(Some(layer)) => layer,
-            Ok(None) => {
-                return Err(Failure::final_(format!(
-                    "toolchain {hash} is not in {url} ({key} is missing): upload it with `cargo lambdabuild layer`"
-                )));
-            }
-            Err(error) => return Err(Failure::retryable(format!("cannot fetch toolchain {hash} from {url}: {error}"))),
+        let (chunks, received) = std::sync::mpsc::channel::<Vec<u8>>();
+        let unpacking = tokio::task::spawn_blocking(move || {
+            let reader = ChunkReader { chunks: received, current: Vec::new(), offset: 0 };
+            crate::layer::unpack(reader, hash, &dest)
+        });
+        let mut sink = move |chunk: &[u8]| {
+            chunks.send(chunk.to_vec()).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, UNPACK_STOPPED))
         };
-        tokio::task::spawn_blocking(move || crate::layer::unpack(std::io::Cursor::new(layer), hash, &dest))
-            .await
-            .map_err(Failure::retryable)?
-            .map_err(|error| Failure::final_(format!("cannot use toolchain {hash} from {url}: {error}")))?;
-        Ok(true)
+        let downloaded = opened.store.backend().get_streaming(key, &mut sink).await;
+        drop(sink);
+        let unpacked = unpacking.await.map_err(Failure::retryable)?;
+        match (downloaded, unpacked) {
+            (Ok(false), _) => Err(Failure::final_(format!(
+                "toolchain {hash} is not in {url} ({key} is missing): upload it with `cargo lambdabuild layer`"
+            ))),
+            // Every file was checked against the manifest the layer is named by: the tree is right.
+            (_, Ok(_)) => Ok(true),
+            (Err(error), Err(_)) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(Failure::retryable(format!("cannot fetch toolchain {hash} from {url}: {error}")))
+            }
+            // The unpacker refused the layer (and stopped reading): its reason is the one to give.
+            (_, Err(error)) => Err(Failure::final_(format!("cannot use toolchain {hash} from {url}: {error}"))),
+        }
     }
 
     /// Once the cache is over its bound, deletes cached blobs (compressed and decompressed copies
@@ -244,6 +255,32 @@ impl Function {
 
 /// Files in the cache's blob directories with their size and when they were used: the access time
 /// (which Linux's `relatime` moves at most daily, so close to first use), else the modification time.
+/// What the download's sink says once the unpacker has stopped reading.
+const UNPACK_STOPPED: &str = "the unpacking stopped";
+
+/// The chunks of a download as a [`std::io::Read`], for an unpacker on a blocking thread; the end of
+/// the stream is the sender's drop.
+struct ChunkReader {
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    offset: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => (self.current, self.offset) = (chunk, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
 fn cached_files(cache_dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
     let mut files = Vec::new();
     for dir in [cache_dir.join("blobs"), cache_dir.join("work/raw")] {

@@ -302,6 +302,30 @@ impl Backend for S3Backend {
         Ok(Some(body.into_bytes().to_vec()))
     }
 
+    async fn get_streaming(
+        &self,
+        key: ObjectKey,
+        sink: &mut (dyn for<'b> FnMut(&'b [u8]) -> io::Result<()> + Send),
+    ) -> io::Result<bool> {
+        let key = self.location.key_of(key);
+        let _permit = self.permit().await;
+        let mut output = match self.client.get_object().bucket(&self.location.bucket).key(&key).send().await {
+            Ok(output) => output,
+            Err(error) if is_status(&error, 404) && !crate::error::is_missing_bucket(&error) => return Ok(false),
+            Err(error) => return Err(self.error(&error)),
+        };
+        // The SDK checks the body against the checksum S3 stored with the object, if any, at its end.
+        while let Some(chunk) = output
+            .body
+            .try_next()
+            .await
+            .map_err(|e| io::Error::other(format!("reading it failed: {}", crate::error::causes(&e))))?
+        {
+            sink(&chunk)?;
+        }
+        Ok(true)
+    }
+
     async fn put(&self, key: ObjectKey, bytes: Vec<u8>) -> io::Result<()> {
         let if_absent = !matches!(key, ObjectKey::Reduction(_));
         let key = self.location.key_of(key);

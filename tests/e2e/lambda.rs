@@ -161,6 +161,17 @@ fn the_function_refuses_what_it_cannot_run_with_a_final_answer() {
     assert!(message.contains(&format!("toolchain {} is not in {}", thunk.toolchain, cloud.store)), "{message}");
     assert!(message.contains("cargo lambdabuild layer"), "{message}");
 
+    // A toolchain object that is not a layer: the function, unpacking it as it downloads, refuses it.
+    let mut broken = thunk_without_toolchain();
+    broken.toolchain = thunk::Hash::of(b"a toolchain whose layer is damaged");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let garbage: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    runtime.block_on(cloud.store().backend().put(thunk::ObjectKey::Toolchain(broken.toolchain), garbage)).unwrap();
+    let damaged = serde_json::to_value(Invocation::new(&cloud.store, broken.hash(), &broken)).unwrap();
+    let InvocationResult::Failed { retryable, message } = cloud.invoke(&damaged) else { panic!() };
+    assert!(!retryable, "{message}");
+    assert!(message.contains(&format!("cannot use toolchain {}", broken.toolchain)), "{message}");
+
     // An inline thunk that is not the one named.
     let mut forged = invocation.clone();
     forged["thunk"] = serde_json::json!(thunk::Hash::of(b"another thunk"));

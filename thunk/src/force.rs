@@ -156,6 +156,8 @@ struct Inner {
     /// The jobserver rustc takes its extra threads from, and whether the implicit token is free.
     jobserver: Option<jobserver::Client>,
     implicit_token: std::sync::atomic::AtomicBool,
+    /// Tokens of finished thunks, kept for [`TOKEN_KEPT_FOR`] for the next thunk (see [`Token`]).
+    kept_tokens: Mutex<Vec<jobserver::Acquired>>,
     /// What [`Forcer::prioritize`] read of each thunk, kept for its next call.
     shapes: Mutex<HashMap<Hash, Arc<Shape>>>,
     cells: Mutex<HashMap<Hash, Arc<OnceCell<Outcome>>>>,
@@ -281,6 +283,7 @@ impl Forcer {
                 slots: crate::slots::Slots::new(slots),
                 jobserver: own,
                 implicit_token: std::sync::atomic::AtomicBool::new(true),
+                kept_tokens: Mutex::new(Vec::new()),
                 shapes: Mutex::new(HashMap::new()),
                 cells: Mutex::new(HashMap::new()),
                 early: Mutex::new(HashMap::new()),
@@ -797,16 +800,22 @@ impl Forcer {
         Ok(Some(reduction))
     }
 
-    /// The implicit token if it is free, else a token of the jobserver (waiting for one: a rustc's
-    /// extra thread gives it back when it ends).
+    /// The implicit token if it is free, else one a finished thunk left, else a token of the
+    /// jobserver (waiting for one: a rustc's extra thread gives it back when it ends).
     async fn acquire_token(&self) -> Option<Token> {
         use std::sync::atomic::Ordering;
         if self.inner.implicit_token.swap(false, Ordering::SeqCst) {
             return Some(Token::Implicit(Arc::clone(&self.inner)));
         }
-        let client = self.inner.jobserver.clone()?;
-        let acquired = tokio::task::spawn_blocking(move || client.acquire()).await.ok()?.ok()?;
-        Some(Token::Acquired { _token: acquired })
+        let kept = self.inner.kept_tokens.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let acquired = match kept {
+            Some(acquired) => acquired,
+            None => {
+                let client = self.inner.jobserver.clone()?;
+                tokio::task::spawn_blocking(move || client.acquire()).await.ok()?.ok()?
+            }
+        };
+        Some(Token::Acquired { inner: Arc::clone(&self.inner), token: Some(acquired) })
     }
 
     /// The channel on which `thunk`'s outputs are announced before it finishes.
@@ -864,20 +873,38 @@ impl Forcer {
 }
 
 /// A jobserver token held while a thunk runs.
+///
+/// A token from the pipe is not given back the moment its thunk ends but kept for the next thunk, as
+/// cargo's job queue keeps its tokens while work is queued: a rustc waiting in `read(2)` for an extra
+/// codegen thread would otherwise always win it, and the next crate, often the one the critical path
+/// runs through, waited seconds for a core that rustc's second thread was using.
 enum Token {
     /// The token this process holds by existing; given back by marking it free.
     Implicit(Arc<Inner>),
-    /// A token from the jobserver's pipe; given back when dropped.
-    Acquired {
-        /// Held, never read.
-        _token: jobserver::Acquired,
-    },
+    /// A token from the jobserver's pipe; kept for the next thunk when dropped.
+    Acquired { inner: Arc<Inner>, token: Option<jobserver::Acquired> },
 }
+
+/// How long a finished thunk's token waits for the next thunk before it goes back to the pipe: the
+/// next one asks within milliseconds (the slot hand-over, a lock, a look in the store).
+const TOKEN_KEPT_FOR: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Drop for Token {
     fn drop(&mut self) {
-        if let Token::Implicit(inner) = self {
-            inner.implicit_token.store(true, std::sync::atomic::Ordering::SeqCst);
+        match self {
+            Token::Implicit(inner) => inner.implicit_token.store(true, std::sync::atomic::Ordering::SeqCst),
+            Token::Acquired { inner, token } => {
+                let (Some(token), Ok(runtime)) = (token.take(), tokio::runtime::Handle::try_current()) else {
+                    return;
+                };
+                inner.kept_tokens.lock().unwrap_or_else(|e| e.into_inner()).push(token);
+                let inner = Arc::clone(inner);
+                runtime.spawn(async move {
+                    tokio::time::sleep(TOKEN_KEPT_FOR).await;
+                    // One token goes back per token kept; which one does not matter.
+                    drop(inner.kept_tokens.lock().unwrap_or_else(|e| e.into_inner()).pop());
+                });
+            }
         }
     }
 }

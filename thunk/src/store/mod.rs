@@ -148,6 +148,19 @@ pub enum StoreError {
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The bytes under `key`, or `None` when there is no such object.
     async fn get(&self, key: ObjectKey) -> std::io::Result<Option<Vec<u8>>>;
+    /// Hands the bytes under `key` to `sink` piece by piece as they arrive, so that a large object
+    /// (a toolchain layer) is used while it downloads; `false` when there is no such object. A failed
+    /// `sink` stops the transfer with its error. The default hands over the whole object at once.
+    async fn get_streaming(
+        &self,
+        key: ObjectKey,
+        sink: &mut (dyn for<'b> FnMut(&'b [u8]) -> std::io::Result<()> + Send),
+    ) -> std::io::Result<bool> {
+        match self.get(key).await? {
+            Some(bytes) => sink(&bytes).map(|()| true),
+            None => Ok(false),
+        }
+    }
     /// Writes `bytes` under `key` atomically: a reader sees the old object, the new one, or none.
     async fn put(&self, key: ObjectKey, bytes: Vec<u8>) -> std::io::Result<()>;
     /// Whether an object is under `key`.
