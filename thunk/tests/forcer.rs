@@ -272,3 +272,56 @@ async fn a_metadata_run_lets_a_consumer_of_the_rmeta_finish_before_the_library_c
     assert!(library.reduction.succeeded());
     assert_eq!(library.reduction.outputs.len(), 3);
 }
+
+#[tokio::test]
+async fn a_finished_thunks_token_goes_to_the_next_thunk_not_to_a_rustc_waiting_for_one() {
+    let fixture = Fixture::new();
+    // Stands for a rustc on the implicit token that wants an extra codegen thread: once told to, it
+    // waits in read(2) on the jobserver for a token, notes when it got one, keeps it half a second.
+    let holder = thunk_in_place(
+        &fixture,
+        "holder",
+        "while [ ! -e go ]; do sleep 0.02; done\n\
+         auth=$(printf '%s\\n' \"$CARGO_MAKEFLAGS\" | sed -n 's/.*--jobserver-auth=\\([^ ]*\\).*/\\1/p')\n\
+         case $auth in fifo:*) r=${auth#fifo:}; w=$r ;; *) r=/proc/self/fd/${auth%,*}; w=/proc/self/fd/${auth#*,} ;; esac\n\
+         token=$(dd bs=1 count=1 if=\"$r\" 2>/dev/null)\n\
+         date +%s%N > got_token\n\
+         sleep 0.5\n\
+         printf %s \"$token\" > \"$w\"\n\
+         echo > out.txt",
+    )
+    .await;
+    fixture.store.put_thunk(&holder).await.unwrap();
+    let first = thunk_in_place(&fixture, "first", "while [ ! -e release ]; do sleep 0.02; done; echo > out.txt").await;
+    fixture.store.put_thunk(&first).await.unwrap();
+    let mut next = thunk_in_place(&fixture, "next", "date +%s%N > out.txt").await;
+    let input = support::path(&format!("{}/in.txt", next.cwd.clone().unwrap()));
+    next.inputs
+        .insert(input, thunk::Input::Link { thunk: first.hash(), output: first.outputs.first().unwrap().clone() });
+    let next_hash = fixture.store.put_thunk(&next).await.unwrap();
+
+    // Two slots: the implicit token and one in the jobserver's pipe.
+    let forcer = Forcer::new(fixture.store.clone(), fixture.workdir.clone(), 2);
+    let holding = tokio::spawn(forcer.force(holder.hash()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `first` runs on the pipe's token; `next` waits for it.
+    let forcing_next = tokio::spawn(forcer.force(next_hash));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = |name: &str| fixture.dir.path().join(name);
+    std::fs::write(dir("holder").join("go"), b"").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(dir("first").join("release"), b"").unwrap();
+
+    let next_forced = forcing_next.await.unwrap().unwrap();
+    let held = holding.await.unwrap().unwrap();
+    let stderr = fixture.store.get_blob(held.reduction.stderr.hash).await.unwrap();
+    assert!(held.reduction.succeeded(), "{}", String::from_utf8_lossy(&stderr));
+    let time = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().parse::<u128>().unwrap();
+    let next_ran = time(&fixture.store.get_blob(output_of(&next_forced).hash).await.unwrap());
+    let rustc_got_token = time(&std::fs::read(dir("holder").join("got_token")).unwrap());
+    assert!(
+        next_ran < rustc_got_token,
+        "`next` ran {} ms after the waiting rustc took the token `first` gave back",
+        (next_ran - rustc_got_token) / 1_000_000
+    );
+}
