@@ -612,6 +612,11 @@ async fn force_and_write(forcer: &Forcer, store: &Store, roots: &[Root], shell: 
                     forced.reduction.outputs.get(&placeholder.output).with_context(|| {
                         format!("thunk {} did not produce {}", placeholder.thunk, placeholder.output)
                     })?;
+                // rustc, run in place, wrote most roots itself (and the hard links cargo made to them
+                // see its bytes): a file already right is left alone, not rewritten from the store.
+                if thunk::Hash::of_file(path).is_ok_and(|(hash, _)| hash == file.hash) {
+                    continue;
+                }
                 // The local engine left the bytes at the output's own path (the file in deps/ that
                 // cargo uplifts from): copy them from there when they are right, else from the store.
                 let produced = Path::new("/").join(placeholder.output.as_str());
