@@ -34,6 +34,13 @@ impl FailingCloud {
         self.function.inject(10, &[LambdaFault::Crash, LambdaFault::Hang, LambdaFault::Timeout]);
     }
 
+    /// The same, with the invocations counted by kind: a tenth of the full compiles and a tenth of
+    /// the metadata runs fail, whatever order the client sends them in.
+    pub fn fail_a_tenth_of_each_kind(&self) {
+        self.s3.inject(10, &[Fault::SlowDown, Fault::InternalError, Fault::Drop, Fault::Slow]);
+        self.function.inject_by_kind(10, &[LambdaFault::Crash, LambdaFault::Hang, LambdaFault::Timeout]);
+    }
+
     /// The environment of a build on a machine whose cache is `cache`.
     pub fn env(&self, cache: &str) -> Vec<(String, String)> {
         let mut env = self.services.env(&self.s3.url);

@@ -77,11 +77,22 @@ struct State {
     timing_out: Mutex<HashMap<String, Instant>>,
 }
 
-/// Every `every`-th invocation since the plan was made gets the next of `faults`.
+/// Every `every`-th invocation since the plan was made gets the next of `faults`; with `by_kind`,
+/// full compiles and metadata runs are counted apart, so that both kinds get faults whatever order
+/// the client sends them in.
 struct Plan {
     every: u64,
     faults: Vec<LambdaFault>,
     seen: u64,
+    by_kind: bool,
+    seen_metadata_runs: u64,
+    injected: u64,
+}
+
+impl Plan {
+    fn new(every: u64, faults: &[LambdaFault], by_kind: bool) -> Plan {
+        Plan { every, faults: faults.to_vec(), seen: 0, by_kind, seen_metadata_runs: 0, injected: 0 }
+    }
 }
 
 const REQUEST_ID: &str = "lambda-runtime-aws-request-id";
@@ -99,7 +110,7 @@ impl FaultyFunction {
             invocations_url: format!("{upstream}/.rt/{name}/2018-06-01/runtime/invocation"),
             upstream,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            plan: Mutex::new(Plan { every: 0, faults: Vec::new(), seen: 0 }),
+            plan: Mutex::new(Plan::new(0, &[], false)),
             invocations: AtomicU64::new(0),
             injected: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -137,7 +148,13 @@ impl FaultyFunction {
     /// From now on, every `every`-th invocation (counted from this call) gets the next fault of
     /// `faults`, in turn; `every = 0` turns faults off.
     pub fn inject(&self, every: u64, faults: &[LambdaFault]) {
-        *self.state.plan.lock().unwrap() = Plan { every, faults: faults.to_vec(), seen: 0 };
+        *self.state.plan.lock().unwrap() = Plan::new(every, faults, false);
+    }
+
+    /// Like [`FaultyFunction::inject`], counting full compiles and metadata runs apart: every
+    /// `every`-th of each kind gets a fault.
+    pub fn inject_by_kind(&self, every: u64, faults: &[LambdaFault]) {
+        *self.state.plan.lock().unwrap() = Plan::new(every, faults, true);
     }
 
     /// Invocations the emulator handed to this function so far, faulted ones included.
@@ -292,7 +309,12 @@ impl State {
             let response = self.send(self.next_request()).await?;
             let Some(id) = request_id(&response) else { return Ok(response) };
             self.invocations.fetch_add(1, Ordering::SeqCst);
-            match self.fate() {
+            // The payload, to tell a metadata run (`until` set) from a full compile.
+            let (parts, body) = response.into_parts();
+            let payload = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
+            let metadata_run = serde_json::from_slice::<Invocation>(&payload).is_ok_and(|i| i.until.is_some());
+            let response = Response::from_parts(parts, Full::new(payload));
+            match self.fate(metadata_run) {
                 None => {
                     self.delivered.fetch_add(1, Ordering::SeqCst);
                     return Ok(response);
@@ -311,14 +333,17 @@ impl State {
         }
     }
 
-    fn fate(&self) -> Option<LambdaFault> {
+    fn fate(&self, metadata_run: bool) -> Option<LambdaFault> {
         let mut plan = self.plan.lock().unwrap();
-        plan.seen += 1;
-        if plan.every == 0 || plan.faults.is_empty() || !plan.seen.is_multiple_of(plan.every) {
+        let seen = if plan.by_kind && metadata_run { &mut plan.seen_metadata_runs } else { &mut plan.seen };
+        *seen += 1;
+        let seen = *seen;
+        if plan.every == 0 || plan.faults.is_empty() || !seen.is_multiple_of(plan.every) {
             return None;
         }
         self.injected.fetch_add(1, Ordering::SeqCst);
-        Some(plan.faults[((plan.seen / plan.every - 1) as usize) % plan.faults.len()])
+        plan.injected += 1;
+        Some(plan.faults[((plan.injected - 1) as usize) % plan.faults.len()])
     }
 
     /// Answers what the emulator still queues for this name: invocations whose client gave up before

@@ -59,9 +59,11 @@ fn the_recorded_graph_predicts_wall_time_and_cost_on_n_lambda_workers() {
     let predicted: Vec<f64> = rows.iter().map(|row| row["predicted_s"].as_f64().unwrap()).collect();
     assert_eq!(rows.len(), 3);
     assert!(critical > 0.0 && critical <= compile, "{prediction}");
-    // One worker runs every compile in turn; more never do worse; none beats the critical path.
+    // One worker runs every compile in turn; more never do worse (beyond a few milliseconds: with
+    // more workers, a thunk may start at once on a cold instance rather than wait for a warm one);
+    // none beats the critical path.
     assert!(predicted[0] >= compile, "{prediction}");
-    assert!(predicted[0] >= predicted[1] && predicted[1] >= predicted[2], "{prediction}");
+    assert!(predicted[0] >= predicted[1] && predicted[1] >= predicted[2] - 0.05, "{prediction}");
     assert!(predicted[2] >= critical, "{prediction}");
     assert!(rows.iter().all(|row| row["cost_usd"].as_f64().unwrap() > 0.0), "{prediction}");
     assert_eq!(rows[0]["invocations"].as_u64().unwrap(), thunks.len() as u64);
