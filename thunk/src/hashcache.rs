@@ -77,7 +77,7 @@ struct Shared {
 
 /// What is known of the files of one directory: as read from its entry, plus what this process
 /// hashed since (to be written).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Directory {
     known: HashMap<OsString, (StatKey, Hash)>,
     learned: HashMap<OsString, (StatKey, Hash)>,
@@ -91,9 +91,7 @@ impl HashCache {
 
     /// The digest of the file at `path` (absolute), from the cache when its stat data is unchanged.
     pub fn digest(&self, path: &Path) -> io::Result<FileDigest> {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::other(format!("{} is not a file's path", path.display())));
-        };
+        let (parent, name) = split(path)?;
         let metadata = fs::metadata(path)?;
         let stat = StatKey::of(&metadata);
         let executable = metadata.permissions().mode() & 0o100 != 0;
@@ -107,9 +105,7 @@ impl HashCache {
             let after_metadata = fs::metadata(path)?;
             let after = StatKey::of(&after_metadata);
             if before == after && size == after.size {
-                let modified = after_metadata.modified()?;
-                let settled = SystemTime::now().duration_since(modified).is_ok_and(|age| age >= RACY_WINDOW);
-                if settled {
+                if settled(&after_metadata)? {
                     self.learn(parent, name, after, hash);
                 }
                 let executable = after_metadata.permissions().mode() & 0o100 != 0;
@@ -124,9 +120,7 @@ impl HashCache {
     /// instead of one to hash and one to use; hashing bytes in memory costs less than a `stat`.
     pub fn read(&self, path: &Path) -> io::Result<(FileDigest, Vec<u8>)> {
         use std::io::Read;
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::other(format!("{} is not a file's path", path.display())));
-        };
+        let (parent, name) = split(path)?;
         for _ in 0..3 {
             let mut file = fs::File::open(path)?;
             let before = file.metadata()?;
@@ -207,6 +201,19 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.flush();
     }
+}
+
+/// The directory and name of the file at `path`, which cache entries are keyed by.
+fn split(path: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => Err(io::Error::other(format!("{} is not a file's path", path.display()))),
+    }
+}
+
+/// Whether a file last modified as `metadata` says is old enough to cache (see [`RACY_WINDOW`]).
+fn settled(metadata: &fs::Metadata) -> io::Result<bool> {
+    Ok(SystemTime::now().duration_since(metadata.modified()?).is_ok_and(|age| age >= RACY_WINDOW))
 }
 
 /// An entry's lines: `v2 SIZE MTIME_S MTIME_NS DEV INO HASH NAME` (the name last: it may hold spaces).
