@@ -7,7 +7,8 @@
 //! workers take a fraction of a second to model. The engine charges each invocation what Lambda
 //! would: the round trip, a cold start the first time an instance is needed (the runtime's init, then
 //! fetching the toolchain layer, which is unpacked as it arrives), fetching the inputs and storing the
-//! outputs at the function's bandwidth, and the compile itself. The physical limit is the graph's
+//! outputs — compressed as the store keeps them, so at the function's bandwidth for their stored size
+//! plus zstd's time to unpack or pack their raw bytes —, and the compile itself. The physical limit is the graph's
 //! critical path: the longest chain of compile times, with no overhead at all.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,8 +22,14 @@ use thunk::remote::{RemoteEngine, RemoteError, RemoteRun};
 use thunk::store::{Backend, ListPage};
 use thunk::{Hash, ObjectKey, Reduction, SandboxPath, Store, Thunk};
 
-/// The file format's revision.
-pub const GRAPH_VERSION: u32 = 1;
+/// The file format's revision. Version 1 had no stored sizes; it is still read, its transfers then
+/// counted at raw size.
+pub const GRAPH_VERSION: u32 = 2;
+
+/// Whether this cargo-lambdabuild reads a graph of format `version`.
+pub fn reads_graph_version(version: u32) -> bool {
+    (1..=GRAPH_VERSION).contains(&version)
+}
 
 /// A recorded build: the thunks forced and what each cost.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -54,6 +61,14 @@ pub struct Node {
     pub outputs: u64,
     /// See `outputs`.
     pub output_bytes: u64,
+    /// What its inputs and outputs weigh as the store keeps them, zstd-compressed: what travels between
+    /// S3 and the function. An input the store does not hold counts at its raw size. `None` in a graph
+    /// of version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_stored_bytes: Option<u64>,
+    /// See `input_stored_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_stored_bytes: Option<u64>,
 }
 
 impl Graph {
@@ -95,6 +110,11 @@ pub struct LambdaModel {
     pub unpack_ms: u64,
     /// One instance's throughput to and from S3, in bytes per second.
     pub bandwidth_bytes_per_s: u64,
+    /// zstd's speed on one core, in raw bytes per second: unpacking a fetched blob, packing an output
+    /// before it is stored.
+    pub decompress_bytes_per_s: u64,
+    /// See `decompress_bytes_per_s`.
+    pub compress_bytes_per_s: u64,
     /// The instance's memory, which Lambda bills by.
     pub memory_mb: u32,
 }
@@ -103,7 +123,8 @@ impl Default for LambdaModel {
     /// Figures measured on the emulator where they can be (`scripts/bench-lambda`: 34 ms median
     /// overhead per invocation; the layer of 170 MB at zstd -3, unpacked in 0.6 s) and Lambda's
     /// documented or commonly measured ones where they cannot (a custom runtime's init of about a
-    /// quarter second; about 100 MB/s from S3 to one function).
+    /// quarter second; about 100 MB/s from S3 to one function). zstd's speeds are those of the store's
+    /// level 1 on a release build's rlibs and rmetas, one core of the bench machine (`zstd -b1`).
     fn default() -> LambdaModel {
         LambdaModel {
             invoke_ms: 34,
@@ -111,6 +132,8 @@ impl Default for LambdaModel {
             layer_bytes: 170_000_000,
             unpack_ms: 600,
             bandwidth_bytes_per_s: 100_000_000,
+            decompress_bytes_per_s: 975_000_000,
+            compress_bytes_per_s: 405_000_000,
             memory_mb: crate::config::DEFAULT_MEMORY_MB,
         }
     }
@@ -121,10 +144,32 @@ impl LambdaModel {
         bytes.saturating_mul(1000) / self.bandwidth_bytes_per_s.max(1)
     }
 
+    /// Fetching a node's inputs: their stored bytes, then unpacking them. A graph without stored sizes
+    /// counts the raw bytes as they would travel uncompressed.
+    fn fetch_ms(&self, node: &Node) -> u64 {
+        match node.input_stored_bytes {
+            Some(stored) => self.transfer_ms(stored) + per_second(node.input_bytes, self.decompress_bytes_per_s),
+            None => self.transfer_ms(node.input_bytes),
+        }
+    }
+
+    /// Storing a node's outputs: packing them, then sending the stored bytes.
+    fn store_ms(&self, node: &Node) -> u64 {
+        match node.output_stored_bytes {
+            Some(stored) => per_second(node.output_bytes, self.compress_bytes_per_s) + self.transfer_ms(stored),
+            None => self.transfer_ms(node.output_bytes),
+        }
+    }
+
     /// The function unpacks the layer while it downloads, so the slower of the two is what counts.
     fn cold_start_ms(&self) -> u64 {
         self.init_ms + self.transfer_ms(self.layer_bytes).max(self.unpack_ms)
     }
+}
+
+/// Milliseconds to get through `bytes` at `rate` bytes per second.
+fn per_second(bytes: u64, rate: u64) -> u64 {
+    bytes.saturating_mul(1000) / rate.max(1)
 }
 
 /// What [`predict`] foresees for one number of workers.
@@ -205,8 +250,13 @@ async fn replay(
         traffic: thunk::store::Traffic {
             get_requests: graph.thunks.iter().map(|node| node.inputs).sum(),
             put_requests: graph.thunks.iter().map(|node| node.outputs + 1).sum(),
-            bytes_down: graph.thunks.iter().map(|node| node.input_bytes).sum::<u64>() + cold_starts * model.layer_bytes,
-            bytes_up: graph.thunks.iter().map(|node| node.output_bytes).sum(),
+            bytes_down: graph
+                .thunks
+                .iter()
+                .map(|node| node.input_stored_bytes.unwrap_or(node.input_bytes))
+                .sum::<u64>()
+                + cold_starts * model.layer_bytes,
+            bytes_up: graph.thunks.iter().map(|node| node.output_stored_bytes.unwrap_or(node.output_bytes)).sum(),
         },
         ..thunk::stats::Tally::default()
     };
@@ -302,8 +352,8 @@ impl RemoteEngine for SimulatedLambda {
             }
         };
         let model = &self.model;
-        let fetch_ms = model.transfer_ms(node.input_bytes) + if cold { model.cold_start_ms() } else { 0 };
-        let store_ms = model.transfer_ms(node.output_bytes);
+        let fetch_ms = model.fetch_ms(node) + if cold { model.cold_start_ms() } else { 0 };
+        let store_ms = model.store_ms(node);
         let billed_ms = fetch_ms + node.duration_ms + store_ms;
         tokio::time::sleep(Duration::from_millis(model.invoke_ms + billed_ms)).await;
         *self.idle_instances.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -368,6 +418,8 @@ mod tests {
             input_bytes: 0,
             outputs: 1,
             output_bytes: 0,
+            input_stored_bytes: None,
+            output_stored_bytes: None,
         }
     }
 
@@ -428,5 +480,31 @@ mod tests {
         assert!(prediction.cost_usd > 0.0);
         // The layer downloads (1.7 s at 100 MB/s) while it is unpacked (0.6 s): only the slower counts.
         assert_eq!(model.cold_start_ms(), 250 + 1_700);
+    }
+
+    #[test]
+    fn blobs_travel_at_their_stored_size_and_zstd_takes_its_time() {
+        let mut a = node("a", &[], 2_000);
+        a.output_bytes = 60_000_000;
+        a.output_stored_bytes = Some(20_000_000);
+        let mut b = node("b", &[&a], 2_000);
+        b.input_bytes = 60_000_000;
+        b.input_stored_bytes = Some(20_000_000);
+        let model = LambdaModel { init_ms: 0, layer_bytes: 0, unpack_ms: 0, ..LambdaModel::default() };
+        // Packing 60 MB at 405 MB/s, then 20 MB at 100 MB/s; fetching 20 MB, then unpacking 60 MB at
+        // 975 MB/s.
+        assert_eq!(model.store_ms(&a), 148 + 200);
+        assert_eq!(model.fetch_ms(&b), 200 + 61);
+        let graph = Graph { version: GRAPH_VERSION, thunks: vec![a.clone(), b.clone()] };
+        let prices = crate::cost::Prices::default();
+        let prediction = predict(&graph, &model, 8, &prices).unwrap();
+        let expected = 2 * model.invoke_ms + 2_000 + (148 + 200) + (200 + 61) + 2_000;
+        assert_about(&prediction, expected, "stored sizes");
+        // A version 1 graph, without stored sizes: the raw bytes travel, 600 ms each way.
+        let (mut a, mut b) = (a, b);
+        (a.output_stored_bytes, b.input_stored_bytes) = (None, None);
+        let raw = Graph { version: 1, thunks: vec![a, b] };
+        let prediction = predict(&raw, &model, 8, &prices).unwrap();
+        assert_about(&prediction, 2 * model.invoke_ms + 2_000 + 600 + 600 + 2_000, "raw sizes");
     }
 }

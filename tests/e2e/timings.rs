@@ -45,6 +45,10 @@ fn the_recorded_graph_predicts_wall_time_and_cost_on_n_lambda_workers() {
     let thunks = graph["thunks"].as_array().unwrap();
     assert!(thunks.len() >= 10, "every thunk the forcer forced: {}", thunks.len());
     assert!(thunks.iter().any(|node| !node["producers"].as_array().unwrap().is_empty()), "with its links");
+    // What travels to and from the function: blobs as the store keeps them, compressed.
+    let sum = |field: &str| thunks.iter().map(|node| node[field].as_u64().unwrap()).sum::<u64>();
+    assert!(sum("output_stored_bytes") < sum("output_bytes"), "{graph}");
+    assert!(sum("input_stored_bytes") < sum("input_bytes") && sum("input_stored_bytes") > 0, "{graph}");
 
     let mut predict = Command::new(env!("CARGO_BIN_EXE_cargo-lambdabuild"));
     crate::support::hygienic(&mut predict)

@@ -162,7 +162,6 @@ fn sandbox_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> ExecEr
 pub const MIRROR_REMAP: &str = "--remap-path-prefix=@SANDBOX@=/";
 
 /// A thunk run in place, and the files its dep-info says it read that it did not declare.
-#[derive(Debug)]
 pub struct InPlace {
     /// The outcome; stored only when `undeclared` is empty.
     pub reduction: Reduction,
@@ -171,6 +170,66 @@ pub struct InPlace {
     /// Files rustc read that are not inputs of the thunk: the outputs are right for this machine, but
     /// the thunk does not name all it depends on, so its reduction is not cached.
     pub undeclared: Vec<PathBuf>,
+    /// What is left once the outputs are hashed: storing their blobs, then the reduction, then closing
+    /// the journal entry. Until it is done the reduction is known only to this process; see
+    /// [`crate::force::Forcer::with_deferred_storing`].
+    pub persist: Persist,
+}
+
+impl std::fmt::Debug for InPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InPlace")
+            .field("reduction", &self.reduction)
+            .field("phases", &self.phases)
+            .field("undeclared", &self.undeclared)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Storing what a run in place wrote (see [`InPlace::persist`]).
+pub type Persist = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ExecError>> + Send>>;
+
+/// Files this executor wrote or checked, by device and inode, with what they held then: a file it
+/// knows is not read again to learn its hash (a dependency's rlib is checked by every crate that links
+/// to it; cargo's hard link to an artifact in `deps/` is the same file).
+#[derive(Debug, Default)]
+struct KnownFiles(Mutex<HashMap<(u64, u64), (FileStamp, Hash)>>);
+
+/// What changes when a file is written: its size, mtime and ctime (the last also on `set_modified`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(metadata: &fs::Metadata) -> ((u64, u64), FileStamp) {
+        let ns = |seconds: i64, nanos: i64| i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
+        let stamp = FileStamp {
+            size: metadata.len(),
+            mtime_ns: ns(metadata.mtime(), metadata.mtime_nsec()),
+            ctime_ns: ns(metadata.ctime(), metadata.ctime_nsec()),
+        };
+        ((metadata.dev(), metadata.ino()), stamp)
+    }
+}
+
+impl KnownFiles {
+    /// Notes that `path`, as it is now, holds bytes `hash`.
+    fn note(&self, path: &Path, hash: Hash) {
+        if let Ok(metadata) = fs::metadata(path) {
+            let (id, stamp) = FileStamp::of(&metadata);
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (stamp, hash));
+        }
+    }
+
+    /// Whether `path` still holds what it held when noted, and that was `hash`.
+    fn holds(&self, path: &Path, hash: Hash) -> bool {
+        let Ok(metadata) = fs::metadata(path) else { return false };
+        let (id, stamp) = FileStamp::of(&metadata);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&id) == Some(&(stamp, hash))
+    }
 }
 
 /// Where one execution's time went, in milliseconds: for the timeline of `--timings`.
@@ -207,12 +266,13 @@ pub struct Executor {
     /// Handed to every program, as cargo hands its jobserver to rustc, so that rustc's codegen threads
     /// share the machine with the other thunks instead of each taking every core.
     jobserver: Option<jobserver::Client>,
+    known: Arc<KnownFiles>,
 }
 
 impl Executor {
     /// An executor reading and writing `store`, working in `workdir`, that signs its reductions `engine`.
     pub fn new(store: Store, workdir: Workdir, engine: impl Into<String>) -> Executor {
-        Executor { store, workdir, engine: engine.into(), jobserver: None }
+        Executor { store, workdir, engine: engine.into(), jobserver: None, known: Arc::default() }
     }
 
     /// The same executor, handing `client` to the programs it runs.
@@ -467,6 +527,9 @@ impl Executor {
         let mut status = run.status();
         let mut outputs = std::collections::BTreeMap::new();
         let mut undeclared = Vec::new();
+        // Only hashed here: the thunks waiting for these outputs read them where they are, so storing
+        // them (compressing a large rlib takes a while) is left to `persist`.
+        let mut to_store = Vec::new();
         if status == Status::Success {
             for (output, previous) in thunk.outputs.iter().zip(previous_mtimes) {
                 let file = real(output);
@@ -481,33 +544,64 @@ impl Executor {
                     Err(_) => {
                         status = Status::MissingOutput { path: output.clone() };
                         outputs.clear();
+                        to_store.clear();
                         break;
                     }
                 };
                 if output.as_str().ends_with(".d") {
                     undeclared.extend(undeclared_reads(&file, &cwd, thunk));
                 }
-                let stored = self.store_file(&file).await?;
+                let (digest, size) = hash_file(&file).await?;
                 if let Some(mtime) = previous {
                     let _ = fs::File::options().write(true).open(&file).and_then(|f| f.set_modified(mtime));
                 }
+                self.known.note(&file, digest);
                 let executable = metadata.permissions().mode() & 0o100 != 0;
-                let _ = self.workdir.record_realized(&file, hash, output, stored.hash);
-                outputs.insert(output.clone(), OutputFile { hash: stored.hash, size: stored.size, executable });
+                let _ = self.workdir.record_realized(&file, hash, output, digest);
+                outputs.insert(output.clone(), OutputFile { hash: digest, size, executable });
+                to_store.push((file, digest));
             }
         }
         let reduction = self.reduction(hash, status, outputs, stdout, stderr, &run);
-        let pending = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if reduction.status == Status::Success
-            && let Some(pending) = pending
-        {
-            pending.commit().map_err(sandbox_error("cannot remove the journal entry"))?;
+        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if reduction.status != Status::Success {
+            // Puts the placeholders back over what a failed compile left.
+            drop(pending.take());
         }
-        if undeclared.is_empty() {
-            self.store.put_reduction(&reduction).await?;
-        }
+        let persist: Persist = {
+            let (this, reduction, cacheable) = (self.clone(), reduction.clone(), undeclared.is_empty());
+            Box::pin(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for (file, expected) in to_store {
+                    let this = this.clone();
+                    tasks.spawn(async move {
+                        let stored = this.store_file(&file).await?;
+                        if stored.hash != expected {
+                            return Err(ExecError::Sandbox {
+                                context: format!("{} changed while it was being stored", file.display()),
+                                source: io::ErrorKind::InvalidData.into(),
+                            });
+                        }
+                        Ok(())
+                    });
+                }
+                while let Some(stored) = tasks.join_next().await {
+                    stored.map_err(|e| ExecError::Sandbox {
+                        context: "storing the outputs".into(),
+                        source: io::Error::other(e),
+                    })??;
+                }
+                if let Some(pending) = pending {
+                    pending.commit().map_err(sandbox_error("cannot remove the journal entry"))?;
+                }
+                if cacheable {
+                    this.store.put_reduction(&reduction).await?;
+                }
+                Ok(())
+            })
+        };
         let phases = Phases::measured(started, run_started, reduction.duration_ms);
-        Ok(InPlace { reduction, phases, undeclared })
+        Ok(InPlace { reduction, phases, undeclared, persist })
     }
 
     async fn materialize(
@@ -695,7 +789,11 @@ impl Executor {
     /// when the file there is not already right, and records which output the file now holds.
     pub async fn realize_output(&self, thunk: Hash, output: &SandboxPath, file: &OutputFile) -> Result<(), ExecError> {
         let path = Path::new("/").join(output.as_str());
+        if self.known.holds(&path, file.hash) {
+            return Ok(());
+        }
         if self.workdir.hash_cache().digest(&path).is_ok_and(|digest| digest.hash == file.hash) {
+            self.known.note(&path, file.hash);
             return Ok(());
         }
         let pending =
@@ -712,7 +810,14 @@ impl Executor {
         written.map_err(sandbox_error(format!("cannot write {}", path.display())))?;
         pending.commit().map_err(sandbox_error("cannot remove the journal entry"))?;
         let _ = self.workdir.record_realized(&path, thunk, output, file.hash);
+        self.known.note(&path, file.hash);
         Ok(())
+    }
+
+    /// Whether `path` holds bytes `hash` as this executor last wrote or checked it; `false` when it
+    /// does not know (the caller hashes the file).
+    pub fn knows(&self, path: &Path, hash: Hash) -> bool {
+        self.known.holds(path, hash)
     }
 
     /// Stores what the program wrote to stdout and stderr (captured in `dir`).
@@ -784,6 +889,16 @@ impl Executor {
         let executable = metadata.permissions().mode() & 0o100 != 0;
         Ok(Some(OutputFile { hash: stored.hash, size: stored.size, executable }))
     }
+}
+
+/// The hash and size of a file, read on a blocking thread.
+async fn hash_file(path: &Path) -> Result<(Hash, u64), ExecError> {
+    let owned = path.to_owned();
+    tokio::task::spawn_blocking(move || Hash::of_file(&owned))
+        .await
+        .map_err(io::Error::other)
+        .and_then(|hashed| hashed)
+        .map_err(sandbox_error(format!("cannot read {}", path.display())))
 }
 
 /// The files a rustc dep-info lists as read that are not inputs of `thunk` (paths resolved against the

@@ -79,6 +79,9 @@ pub enum ForceError {
 
 type Outcome = Result<Forced, Arc<ForceError>>;
 
+/// A thunk's outputs and reduction being stored after it ran (see [`Forcer::with_deferred_storing`]).
+type Storing = tokio::task::JoinHandle<Result<(), ExecError>>;
+
 /// One thunk run by this forcer, for the timeline of `--timings`.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -182,6 +185,10 @@ struct Inner {
     metadata_runs_done: std::sync::atomic::AtomicUsize,
     /// Outputs announced early whose blobs are in the store (those of metadata runs).
     stored_early: Mutex<std::collections::HashSet<(Hash, SandboxPath)>>,
+    /// Whether a thunk run in place is done once its outputs are hashed, its storing left to go on
+    /// beside the next thunks; and that storing, for [`Forcer::settle`].
+    deferred_storing: bool,
+    storing: Mutex<Vec<(Hash, Storing)>>,
 }
 
 /// The remote engine, its slots, and how its failures have gone.
@@ -299,6 +306,8 @@ impl Forcer {
                 metadata_runs: false,
                 metadata_runs_done: std::sync::atomic::AtomicUsize::new(0),
                 stored_early: Mutex::new(std::collections::HashSet::new()),
+                deferred_storing: false,
+                storing: Mutex::new(Vec::new()),
                 workdir,
             }),
         }
@@ -324,6 +333,40 @@ impl Forcer {
         let mut inner = Arc::into_inner(self.inner).expect("metadata runs are set before forcing starts");
         inner.metadata_runs = true;
         Forcer { inner: Arc::new(inner) }
+    }
+
+    /// The same forcer, treating a thunk run in place as done once its outputs are hashed: the thunks
+    /// waiting for it start while its outputs and reduction are stored, and [`Forcer::settle`] waits
+    /// for that storing. Until then its reduction is known only to this forcer, and another process
+    /// that wants it waits on the thunk's lock, which is held until its reduction is stored. Only for a
+    /// forcer without a remote engine: a remote run needs its inputs in the store.
+    pub fn with_deferred_storing(self) -> Forcer {
+        let mut inner = Arc::into_inner(self.inner).expect("deferred storing is set before forcing starts");
+        assert!(inner.remote.is_none(), "a remote engine reads its inputs from the store");
+        inner.deferred_storing = true;
+        Forcer { inner: Arc::new(inner) }
+    }
+
+    /// Waits until everything run so far is stored; the first failure to store, if any. Without
+    /// [`Forcer::with_deferred_storing`], there is nothing to wait for.
+    pub async fn settle(&self) -> Result<(), ForceError> {
+        let storing = std::mem::take(&mut *self.inner.storing.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut first_error = None;
+        for (thunk, task) in storing {
+            let stored = task.await.unwrap_or_else(|e| {
+                Err(ExecError::Sandbox { context: "storing the outputs".into(), source: std::io::Error::other(e) })
+            });
+            if let Err(source) = stored {
+                first_error.get_or_insert(ForceError::Exec { thunk, source });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether `path` holds bytes `hash` as this forcer's local runs left it; `false` when it does not
+    /// know.
+    pub fn knows(&self, path: &std::path::Path, hash: Hash) -> bool {
+        self.inner.executor.knows(path, hash)
     }
 
     /// Metadata runs that announced their rmeta.
@@ -585,7 +628,17 @@ impl Forcer {
             .await
             .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }));
         self.inner.lanes.give_back(lane);
-        let in_place = in_place?;
+        let mut in_place = in_place?;
+        let persist = std::mem::replace(&mut in_place.persist, Box::pin(async { Ok(()) }));
+        if self.inner.deferred_storing {
+            let task = tokio::spawn(async move {
+                let _lock = _lock;
+                persist.await
+            });
+            self.inner.storing.lock().unwrap_or_else(|e| e.into_inner()).push((hash, task));
+        } else {
+            persist.await.map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
+        }
         self.note_run(hash, format!("local {}", lane + 1), start, in_place.phases);
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared, fallback })
     }

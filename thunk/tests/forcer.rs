@@ -325,3 +325,78 @@ async fn a_finished_thunks_token_goes_to_the_next_thunk_not_to_a_rustc_waiting_f
         (next_ran - rustc_got_token) / 1_000_000
     );
 }
+
+/// A local store whose writes of one blob wait until the gate opens: a large rlib still being
+/// compressed into the store.
+#[derive(Debug)]
+struct GatedBlob {
+    inner: thunk::LocalBackend,
+    held: Hash,
+    gate: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl thunk::store::Backend for GatedBlob {
+    async fn get(&self, key: thunk::ObjectKey) -> std::io::Result<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+
+    async fn put(&self, key: thunk::ObjectKey, bytes: Vec<u8>) -> std::io::Result<()> {
+        if key == thunk::ObjectKey::Blob(self.held) {
+            let mut gate = self.gate.clone();
+            gate.wait_for(|open| *open).await.map_err(std::io::Error::other)?;
+        }
+        self.inner.put(key, bytes).await
+    }
+
+    async fn has(&self, key: thunk::ObjectKey) -> std::io::Result<bool> {
+        self.inner.has(key).await
+    }
+
+    async fn list(&self, kind: &str, from: Option<String>) -> std::io::Result<thunk::store::ListPage> {
+        self.inner.list(kind, from).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[tokio::test]
+async fn with_deferred_storing_a_consumer_runs_before_its_producers_outputs_are_stored() {
+    let fixture = Fixture::new();
+    let producer = thunk_in_place(&fixture, "producer", "echo library > out.txt").await;
+    let produced = producer.outputs.first().unwrap().clone();
+    fixture.store.put_thunk(&producer).await.unwrap();
+    // In place, a consumer reads its producer's output where the producer wrote it.
+    let mut consumer =
+        thunk_in_place(&fixture, "consumer", "cat ../producer/out.txt > out.txt; echo linked >> out.txt").await;
+    consumer.inputs.insert(produced.clone(), thunk::Input::Link { thunk: producer.hash(), output: produced.clone() });
+    let consumer_hash = fixture.store.put_thunk(&consumer).await.unwrap();
+
+    let held = Hash::of(b"library\n");
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let backend = GatedBlob { inner: thunk::LocalBackend::open(&fixture.store_root()).unwrap(), held, gate };
+    let store = thunk::Store::new(Arc::new(backend));
+    let forcer = Forcer::new(store, fixture.workdir.clone(), 2).with_deferred_storing();
+    let forced = tokio::time::timeout(Duration::from_secs(30), forcer.force(consumer_hash))
+        .await
+        .expect("the consumer waited for its producer's output to be stored")
+        .unwrap();
+    assert!(forced.reduction.succeeded());
+    let real = |path: &thunk::SandboxPath| std::path::Path::new("/").join(path.as_str());
+    assert_eq!(std::fs::read(real(consumer.outputs.first().unwrap())).unwrap(), b"library\nlinked\n");
+    // Known only to this forcer until stored.
+    assert!(fixture.store.get_reduction(producer.hash()).await.unwrap().is_none());
+    assert!(forcer.knows(&real(&produced), held));
+
+    open.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), forcer.settle()).await.expect("storing ended").unwrap();
+    let stored = fixture.store.get_reduction(producer.hash()).await.unwrap().expect("the producer's reduction");
+    assert_eq!(stored.outputs[&produced].hash, held);
+    assert_eq!(fixture.store.get_blob(held).await.unwrap(), b"library\n");
+    assert!(fixture.store.get_reduction(consumer_hash).await.unwrap().is_some());
+    // A file written since is not taken for what the forcer knew.
+    std::fs::write(real(&produced), b"edited\n").unwrap();
+    assert!(!forcer.knows(&real(&produced), held));
+}

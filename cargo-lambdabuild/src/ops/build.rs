@@ -150,13 +150,25 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
             forcer = forcer.with_remote(Arc::clone(&engine) as Arc<dyn RemoteEngine>, invocations).with_metadata_runs();
             Some(engine)
         }
-        None => None,
+        None => {
+            // Every thunk runs here, in place: the next ones need not wait for one's outputs to be
+            // compressed into the store.
+            forcer = forcer.with_deferred_storing();
+            None
+        }
     };
     // On the local engine the forcer starts on each artifact as cargo reports it, while the model
     // phase goes on: on a machine with few cores, the model phase's single-threaded stretches would
     // otherwise idle them. Lambda needs the graph's inputs uploaded first.
     let early_forcer = (!args.dry_run && lambda.is_none()).then_some(&forcer);
-    let Some(modelled) = model(global, &args, &opened, engines.local, early_forcer).await? else {
+    let modelled = model(global, &args, &opened, engines.local, early_forcer).await;
+    if !matches!(modelled, Ok(Some(_))) {
+        // What was forced early is kept for the next build.
+        if let Err(error) = forcer.settle().await {
+            shell.warning(&format!("{error}"));
+        }
+    }
+    let Some(modelled) = modelled? else {
         return Ok(ExitCode::from(101));
     };
     let thunks = modelled.thunk_count();
@@ -232,7 +244,7 @@ pub async fn run(global: &GlobalArgs, args: BuildArgs, shell: &Shell) -> anyhow:
         let timeline = timeline(&forcer, &opened.store, title, started_unix_s, force_started, summary).await?;
         let path = write_timings(&modelled, &timeline)?;
         shell.status("Timing", &format!("report saved to {}", path.display()));
-        let graph = recorded_graph(&forcer, &opened.store).await?;
+        let graph = recorded_graph(&forcer, &opened.store, &opened.dir).await?;
         let graph_path = path.with_file_name("graph.json");
         std::fs::write(&graph_path, serde_json::to_vec(&graph)?)
             .with_context(|| format!("cannot write {}", graph_path.display()))?;
@@ -558,6 +570,7 @@ async fn force_and_write(forcer: &Forcer, store: &Store, roots: &[Root], shell: 
         tasks.spawn(forcer.force(thunk));
     }
     while tasks.join_next().await.is_some() {}
+    forcer.settle().await?;
 
     let outcomes = forcer.outcomes();
     let mut report = ForceReport {
@@ -614,7 +627,8 @@ async fn force_and_write(forcer: &Forcer, store: &Store, roots: &[Root], shell: 
                     })?;
                 // rustc, run in place, wrote most roots itself (and the hard links cargo made to them
                 // see its bytes): a file already right is left alone, not rewritten from the store.
-                if thunk::Hash::of_file(path).is_ok_and(|(hash, _)| hash == file.hash) {
+                if forcer.knows(path, file.hash) || thunk::Hash::of_file(path).is_ok_and(|(hash, _)| hash == file.hash)
+                {
                     continue;
                 }
                 // The local engine left the bytes at the output's own path (the file in deps/ that
@@ -705,7 +719,7 @@ pub async fn force_paths(global: &GlobalArgs, args: ForceArgs, shell: &Shell) ->
             None => shell.status("Fresh", &format!("{} is already built", path.display())),
         }
     }
-    let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots);
+    let forcer = Forcer::new(opened.store.clone(), opened.workdir.clone(), slots).with_deferred_storing();
     report_recovery(&forcer, shell);
     let report = force_and_write(&forcer, &opened.store, &roots(&artifacts), shell).await?;
     shell.status("Forced", &format!("{} executed, {} cached", report.executed, report.cached));
@@ -902,7 +916,16 @@ async fn timeline(
 /// The graph this build forced, with each thunk's run time and bytes in and out, for the scale-out
 /// model (`cargo lambdabuild predict`). Thunks taken from the store count with the time they took
 /// when they ran.
-async fn recorded_graph(forcer: &Forcer, store: &Store) -> anyhow::Result<cargo_lambdabuild::scaleout::Graph> {
+async fn recorded_graph(
+    forcer: &Forcer,
+    store: &Store,
+    local_dir: &Path,
+) -> anyhow::Result<cargo_lambdabuild::scaleout::Graph> {
+    // What a blob weighs as the store keeps it (compressed); its raw size when this machine's copy of
+    // the store does not hold it (a source file, which the uploader sends only for remote runs).
+    let stored = |hash: Hash, raw: u64| {
+        std::fs::metadata(local_dir.join(thunk::ObjectKey::Blob(hash).path())).map_or(raw, |metadata| metadata.len())
+    };
     let reductions: HashMap<Hash, Arc<thunk::Reduction>> = forcer
         .outcomes()
         .into_iter()
@@ -913,14 +936,19 @@ async fn recorded_graph(forcer: &Forcer, store: &Store) -> anyhow::Result<cargo_
     for (hash, reduction) in &reductions {
         let thunk = store.get_thunk(*hash).await?;
         let mut producers = Vec::new();
-        let mut input_bytes = 0;
+        let (mut input_bytes, mut input_stored_bytes) = (0, 0);
         for input in thunk.inputs.values() {
             match input {
-                thunk::Input::Blob { size, .. } => input_bytes += size,
+                thunk::Input::Blob { hash, size, .. } => {
+                    input_bytes += size;
+                    input_stored_bytes += stored(*hash, *size);
+                }
                 thunk::Input::Link { thunk: producer, output } => {
                     producers.push(*producer);
-                    let produced = reductions.get(producer).and_then(|r| r.outputs.get(output));
-                    input_bytes += produced.map_or(0, |file| file.size);
+                    if let Some(file) = reductions.get(producer).and_then(|r| r.outputs.get(output)) {
+                        input_bytes += file.size;
+                        input_stored_bytes += stored(file.hash, file.size);
+                    }
                 }
                 thunk::Input::Symlink { .. } => {}
             }
@@ -937,6 +965,8 @@ async fn recorded_graph(forcer: &Forcer, store: &Store) -> anyhow::Result<cargo_
             input_bytes,
             outputs: reduction.outputs.len() as u64,
             output_bytes: reduction.outputs.values().map(|file| file.size).sum(),
+            input_stored_bytes: Some(input_stored_bytes),
+            output_stored_bytes: Some(reduction.outputs.values().map(|file| stored(file.hash, file.size)).sum()),
         });
     }
     nodes.sort_by_key(|node| node.thunk);

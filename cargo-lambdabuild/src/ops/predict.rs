@@ -2,7 +2,7 @@
 //! build, for several numbers of workers, beside the critical path.
 
 use anyhow::Context;
-use cargo_lambdabuild::scaleout::{GRAPH_VERSION, Graph, LambdaModel, predict};
+use cargo_lambdabuild::scaleout::{GRAPH_VERSION, Graph, LambdaModel, predict, reads_graph_version};
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, PredictArgs};
@@ -15,8 +15,8 @@ pub fn run(global: &GlobalArgs, args: PredictArgs, shell: &Shell) -> anyhow::Res
     })?;
     let graph: Graph = serde_json::from_slice(&text).with_context(|| format!("{} is not a graph", path.display()))?;
     anyhow::ensure!(
-        graph.version == GRAPH_VERSION,
-        "{} has version {} of the graph format; this cargo-lambdabuild reads version {GRAPH_VERSION}: build again",
+        reads_graph_version(graph.version),
+        "{} has version {} of the graph format; this cargo-lambdabuild reads versions 1 to {GRAPH_VERSION}: build again",
         path.display(),
         graph.version
     );
@@ -28,6 +28,7 @@ pub fn run(global: &GlobalArgs, args: PredictArgs, shell: &Shell) -> anyhow::Res
         unpack_ms: args.unpack_ms.unwrap_or(defaults.unpack_ms),
         bandwidth_bytes_per_s: args.bandwidth.map_or(defaults.bandwidth_bytes_per_s, |mb| mb * 1_000_000),
         memory_mb: global.settings().memory_mb,
+        ..defaults
     };
     let critical_ms = graph.critical_path_ms();
     let mut rows = Vec::new();
