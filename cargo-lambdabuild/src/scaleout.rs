@@ -69,24 +69,60 @@ pub struct Node {
     /// See `input_stored_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_stored_bytes: Option<u64>,
+    /// A library's rmeta, when rustc announced it before the end of the compile: the consumers that
+    /// read only the rmeta start then (cargo's pipelining; on Lambda, a metadata run beside the
+    /// compile). `None` for other thunks and in a graph of version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    /// Of `producers`, those of which it reads only the rmeta.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata_producers: Vec<Hash>,
+}
+
+/// When a library's rmeta was ready, and what it weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Milliseconds from rustc's start to its announcing the rmeta.
+    pub ms: u64,
+    /// The rmeta's bytes, raw and as the store keeps them.
+    pub bytes: u64,
+    /// See `bytes`.
+    pub stored_bytes: u64,
+}
+
+impl Node {
+    /// Whether it reads only the rmeta of `producer`, and `producer` announces one early.
+    fn waits_for_metadata_of(&self, producer: &Node) -> bool {
+        producer.metadata.is_some() && self.metadata_producers.contains(&producer.thunk)
+    }
 }
 
 impl Graph {
-    /// The longest chain of compile times, in milliseconds: no number of workers finishes sooner.
+    /// The longest chain of compile times, in milliseconds: no number of workers finishes sooner. A
+    /// consumer of a library's rmeta alone starts when the rmeta is ready, as cargo's pipelining has it.
     pub fn critical_path_ms(&self) -> u64 {
         let by_hash: HashMap<Hash, &Node> = self.thunks.iter().map(|node| (node.thunk, node)).collect();
-        let mut longest: HashMap<Hash, u64> = HashMap::new();
-        fn visit(hash: Hash, by_hash: &HashMap<Hash, &Node>, longest: &mut HashMap<Hash, u64>) -> u64 {
-            if let Some(known) = longest.get(&hash) {
+        // Each thunk's earliest start and end.
+        let mut times: HashMap<Hash, (u64, u64)> = HashMap::new();
+        fn visit(node: &Node, by_hash: &HashMap<Hash, &Node>, times: &mut HashMap<Hash, (u64, u64)>) -> (u64, u64) {
+            if let Some(known) = times.get(&node.thunk) {
                 return *known;
             }
-            let Some(node) = by_hash.get(&hash) else { return 0 };
-            let before = node.producers.iter().map(|p| visit(*p, by_hash, longest)).max().unwrap_or(0);
-            let total = before + node.duration_ms;
-            longest.insert(hash, total);
-            total
+            let mut start = 0;
+            for producer in node.producers.iter().filter_map(|p| by_hash.get(p)) {
+                let (produced_start, produced_end) = visit(producer, by_hash, times);
+                let ready = match producer.metadata {
+                    Some(metadata) if node.waits_for_metadata_of(producer) => produced_start + metadata.ms,
+                    _ => produced_end,
+                };
+                start = start.max(ready);
+            }
+            let known = (start, start + node.duration_ms);
+            times.insert(node.thunk, known);
+            known
         }
-        self.thunks.iter().map(|node| visit(node.thunk, &by_hash, &mut longest)).max().unwrap_or(0)
+        self.thunks.iter().map(|node| visit(node, &by_hash, &mut times).1).max().unwrap_or(0)
     }
 
     /// The thunks nothing else in the graph reads: the build's artifacts.
@@ -121,7 +157,8 @@ pub struct LambdaModel {
 
 impl Default for LambdaModel {
     /// Figures measured on the emulator where they can be (`scripts/bench-lambda`: 34 ms median
-    /// overhead per invocation; the layer of 170 MB at zstd -3, unpacked in 0.6 s) and Lambda's
+    /// overhead per invocation; rustc 1.95's layer as `cargo lambdabuild layer` packs it, 153 MB,
+    /// decompressed in 0.8 s) and Lambda's
     /// documented or commonly measured ones where they cannot (a custom runtime's init of about a
     /// quarter second; about 100 MB/s from S3 to one function). zstd's speeds are those of the store's
     /// level 1 on a release build's rlibs and rmetas, one core of the bench machine (`zstd -b1`).
@@ -129,8 +166,8 @@ impl Default for LambdaModel {
         LambdaModel {
             invoke_ms: 34,
             init_ms: 250,
-            layer_bytes: 170_000_000,
-            unpack_ms: 600,
+            layer_bytes: 153_000_000,
+            unpack_ms: 800,
             bandwidth_bytes_per_s: 100_000_000,
             decompress_bytes_per_s: 975_000_000,
             compress_bytes_per_s: 405_000_000,
@@ -222,15 +259,17 @@ async fn replay(
     let engine = Arc::new(SimulatedLambda {
         model: *model,
         nodes: stand_ins,
-        idle_instances: Mutex::new(0),
-        instances: Mutex::new(0),
-        invocations: Mutex::new((0, 0)),
+        instances: Arc::default(),
+        billing: Arc::default(),
+        metadata_runs: Mutex::new(tokio::task::JoinSet::new()),
     });
     // No straggler is ever late on a model that keeps its own promises; a copy would only skew it.
     let stragglers = Stragglers { max_copies: 1, ..Stragglers::default() };
+    // As `cargo lambdabuild --engine lambda=N` does, with a metadata run beside each library compile.
     let forcer = Forcer::new(store, workdir, 1)
         .with_remote(Arc::clone(&engine) as Arc<dyn RemoteEngine>, workers)
-        .with_stragglers(stragglers);
+        .with_stragglers(stragglers)
+        .with_metadata_runs();
     forcer.prioritize(&roots).await?;
     let started = tokio::time::Instant::now();
     let mut forcing = tokio::task::JoinSet::new();
@@ -242,26 +281,51 @@ async fn replay(
         anyhow::ensure!(forced.fallback.is_none(), "a simulated invocation fell back: {:?}", forced.fallback);
     }
     let makespan_ms = started.elapsed().as_millis() as u64;
-    let (invocations, billed_ms) = *engine.invocations.lock().unwrap_or_else(|e| e.into_inner());
-    let cold_starts = *engine.instances.lock().unwrap_or_else(|e| e.into_inner());
+    // A metadata run the build no longer waited for still ran to its end, and is billed.
+    let metadata_runs = std::mem::take(&mut *engine.metadata_runs.lock().unwrap_or_else(|e| e.into_inner()));
+    metadata_runs.join_all().await;
+    let billing = *engine.billing.lock().unwrap_or_else(|e| e.into_inner());
+    let cold_starts = engine.instances.lock().unwrap_or_else(|e| e.into_inner()).started;
     let tally = thunk::stats::Tally {
-        lambda_invocations: invocations,
-        lambda_billed_ms: billed_ms,
+        lambda_invocations: billing.invocations,
+        lambda_billed_ms: billing.billed_ms,
         traffic: thunk::store::Traffic {
-            get_requests: graph.thunks.iter().map(|node| node.inputs).sum(),
-            put_requests: graph.thunks.iter().map(|node| node.outputs + 1).sum(),
+            get_requests: graph.thunks.iter().map(|node| node.inputs).sum::<u64>() + billing.metadata_get_requests,
+            put_requests: graph.thunks.iter().map(|node| node.outputs + 1).sum::<u64>() + billing.metadata_put_requests,
             bytes_down: graph
                 .thunks
                 .iter()
                 .map(|node| node.input_stored_bytes.unwrap_or(node.input_bytes))
                 .sum::<u64>()
-                + cold_starts * model.layer_bytes,
-            bytes_up: graph.thunks.iter().map(|node| node.output_stored_bytes.unwrap_or(node.output_bytes)).sum(),
+                + cold_starts * model.layer_bytes
+                + billing.metadata_bytes_down,
+            bytes_up: graph
+                .thunks
+                .iter()
+                .map(|node| node.output_stored_bytes.unwrap_or(node.output_bytes))
+                .sum::<u64>()
+                + billing.metadata_bytes_up,
         },
         ..thunk::stats::Tally::default()
     };
     let cost = crate::cost::Cost::of(&tally, model.memory_mb, prices);
-    Ok(Prediction { workers, makespan_ms, cold_starts, invocations, billed_ms, cost_usd: cost.usd })
+    Ok(Prediction {
+        workers,
+        makespan_ms,
+        cold_starts,
+        invocations: billing.invocations,
+        billed_ms: billing.billed_ms,
+        cost_usd: cost.usd,
+    })
+}
+
+/// What a stand-in writes: a library whose rmeta is announced early writes `lib.rlib` and `lib.rmeta`
+/// (so the forcer starts metadata runs for it), anything else `out`.
+fn stand_in_outputs(node: &Node) -> anyhow::Result<Vec<SandboxPath>> {
+    Ok(match node.metadata {
+        Some(_) => vec![SandboxPath::new("lib.rlib")?, SandboxPath::new("lib.rmeta")?],
+        None => vec![SandboxPath::new("out")?],
+    })
 }
 
 /// One stand-in thunk per node, linked as the nodes are and stored where the forcer reads them, with
@@ -275,7 +339,6 @@ async fn stand_ins(
     let history = thunk::history::History::open(&workdir.history_path());
     let mut standing: HashMap<Hash, Hash> = HashMap::new();
     let mut nodes = HashMap::new();
-    let output = SandboxPath::new("out")?;
     // Producers first: a stand-in's hash depends on its producers'.
     let mut order = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -291,9 +354,15 @@ async fn stand_ins(
     for hash in order {
         let node = by_hash[&hash];
         let mut inputs = BTreeMap::new();
-        for (index, producer) in node.producers.iter().filter_map(|p| standing.get(p)).enumerate() {
+        for (index, producer) in node.producers.iter().enumerate() {
+            let (Some(stand_in), Some(produced)) = (standing.get(producer), by_hash.get(producer)) else { continue };
+            let output = match produced.metadata {
+                Some(_) if node.waits_for_metadata_of(produced) => "lib.rmeta",
+                Some(_) => "lib.rlib",
+                None => "out",
+            };
             let input = SandboxPath::new(&format!("in/{index}"))?;
-            inputs.insert(input, thunk::Input::Link { thunk: *producer, output: output.clone() });
+            inputs.insert(input, thunk::Input::Link { thunk: *stand_in, output: SandboxPath::new(output)? });
         }
         let stand_in = Thunk {
             toolchain: Hash::of(b"the scale-out model's toolchain"),
@@ -302,7 +371,7 @@ async fn stand_ins(
             cwd: None,
             env: BTreeMap::new(),
             inputs,
-            outputs: [output.clone()].into(),
+            outputs: stand_in_outputs(node)?.into_iter().collect(),
             timeout_ms: 3_600_000,
             memory: thunk::thunk::MemoryClass::Standard,
             placement: thunk::Placement::Anywhere,
@@ -321,11 +390,63 @@ async fn stand_ins(
 struct SimulatedLambda {
     model: LambdaModel,
     nodes: HashMap<Hash, Node>,
-    /// Warm instances waiting for an invocation, and every instance ever started.
-    idle_instances: Mutex<u64>,
-    instances: Mutex<u64>,
-    /// Invocations and billed milliseconds.
-    invocations: Mutex<(u64, u64)>,
+    instances: Arc<Mutex<Instances>>,
+    billing: Arc<Mutex<Billing>>,
+    /// Metadata runs, each to its end even when the build stopped waiting for it.
+    metadata_runs: Mutex<tokio::task::JoinSet<()>>,
+}
+
+/// Warm instances waiting for an invocation, and every instance ever started.
+#[derive(Debug, Default)]
+struct Instances {
+    idle: u64,
+    started: u64,
+}
+
+impl Instances {
+    /// Takes a warm instance if one is idle; `true` when a new one must start cold.
+    fn take(instances: &Mutex<Instances>) -> bool {
+        let mut instances = instances.lock().unwrap_or_else(|e| e.into_inner());
+        if instances.idle > 0 {
+            instances.idle -= 1;
+            false
+        } else {
+            instances.started += 1;
+            true
+        }
+    }
+}
+
+/// Invocations and their billed milliseconds; and what metadata runs moved, which the graph does not
+/// show.
+#[derive(Debug, Default, Clone, Copy)]
+struct Billing {
+    invocations: u64,
+    billed_ms: u64,
+    metadata_get_requests: u64,
+    metadata_put_requests: u64,
+    metadata_bytes_down: u64,
+    metadata_bytes_up: u64,
+}
+
+impl SimulatedLambda {
+    /// Holds an instance for `billed_ms` after the client's round trip, then bills it and lets it go.
+    async fn occupy(instances: &Mutex<Instances>, billing: &Mutex<Billing>, invoke_ms: u64, billed_ms: u64) {
+        tokio::time::sleep(Duration::from_millis(invoke_ms + billed_ms)).await;
+        instances.lock().unwrap_or_else(|e| e.into_inner()).idle += 1;
+        let mut billing = billing.lock().unwrap_or_else(|e| e.into_inner());
+        billing.invocations += 1;
+        billing.billed_ms += billed_ms.max(1);
+    }
+
+    fn node(&self, hash: Hash) -> Result<&Node, RemoteError> {
+        self.nodes.get(&hash).ok_or_else(|| RemoteError::Final(format!("no node for {hash}")))
+    }
+}
+
+/// The file a stand-in writes at `output`: the same bytes from its metadata run and its compile.
+fn stand_in_file(hash: Hash, output: &SandboxPath, size: u64) -> OutputFile {
+    OutputFile { hash: Hash::of(format!("{hash} {output}").as_bytes()), size, executable: false }
 }
 
 #[async_trait::async_trait]
@@ -340,37 +461,63 @@ impl RemoteEngine for SimulatedLambda {
         _thunk: &Thunk,
         _links: &BTreeMap<SandboxPath, OutputFile>,
     ) -> Result<RemoteRun, RemoteError> {
-        let node = self.nodes.get(&hash).ok_or_else(|| RemoteError::Final(format!("no node for {hash}")))?;
-        let cold = {
-            let mut idle = self.idle_instances.lock().unwrap_or_else(|e| e.into_inner());
-            if *idle > 0 {
-                *idle -= 1;
-                false
-            } else {
-                *self.instances.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                true
-            }
-        };
+        let node = self.node(hash)?;
+        let cold = Instances::take(&self.instances);
         let model = &self.model;
         let fetch_ms = model.fetch_ms(node) + if cold { model.cold_start_ms() } else { 0 };
         let store_ms = model.store_ms(node);
         let billed_ms = fetch_ms + node.duration_ms + store_ms;
-        tokio::time::sleep(Duration::from_millis(model.invoke_ms + billed_ms)).await;
-        *self.idle_instances.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        {
-            let mut invocations = self.invocations.lock().unwrap_or_else(|e| e.into_inner());
-            invocations.0 += 1;
-            invocations.1 += billed_ms.max(1);
-        }
+        Self::occupy(&self.instances, &self.billing, model.invoke_ms, billed_ms).await;
         let empty = BlobRef { hash: Hash::of(b""), size: 0 };
         let mut reduction = Reduction::new(hash, Status::Success, empty, empty);
-        let output = SandboxPath::new("out").map_err(|e| RemoteError::Final(e.to_string()))?;
-        let file = OutputFile { hash: Hash::of(hash.to_hex().as_bytes()), size: node.output_bytes, executable: false };
-        reduction.outputs.insert(output, file);
+        let metadata_bytes = node.metadata.map_or(0, |metadata| metadata.bytes);
+        for output in stand_in_outputs(node).map_err(|e| RemoteError::Final(e.to_string()))? {
+            let size = if output.as_str() == "lib.rmeta" {
+                metadata_bytes
+            } else {
+                node.output_bytes.saturating_sub(metadata_bytes)
+            };
+            reduction.outputs.insert(output.clone(), stand_in_file(hash, &output, size));
+        }
         reduction.duration_ms = node.duration_ms;
         reduction.engine = "lambda".into();
         let phases = thunk::exec::Phases { fetch_ms, run_ms: node.duration_ms, store_ms };
         Ok(RemoteRun { reduction, worker: "lambda (model)".into(), phases, overhead_ms: model.invoke_ms })
+    }
+
+    /// The same compile stopped once its rmeta is written: the inputs, rustc until the rmeta, and
+    /// storing the rmeta. The instance is held to that end even when the build stops waiting.
+    async fn run_until(
+        &self,
+        hash: Hash,
+        _thunk: &Thunk,
+        _links: &BTreeMap<SandboxPath, OutputFile>,
+        output: &SandboxPath,
+    ) -> Result<OutputFile, RemoteError> {
+        let node = self.node(hash)?;
+        let metadata =
+            node.metadata.ok_or_else(|| RemoteError::Final(format!("{hash} announces no rmeta in the graph")))?;
+        let cold = Instances::take(&self.instances);
+        let model = &self.model;
+        let fetch_ms = model.fetch_ms(node) + if cold { model.cold_start_ms() } else { 0 };
+        let store_ms =
+            per_second(metadata.bytes, model.compress_bytes_per_s) + model.transfer_ms(metadata.stored_bytes);
+        let billed_ms = fetch_ms + metadata.ms + store_ms;
+        {
+            let mut billing = self.billing.lock().unwrap_or_else(|e| e.into_inner());
+            billing.metadata_get_requests += node.inputs;
+            billing.metadata_put_requests += 1;
+            billing.metadata_bytes_down += node.input_stored_bytes.unwrap_or(node.input_bytes);
+            billing.metadata_bytes_up += metadata.stored_bytes;
+        }
+        let (instances, billing, invoke_ms) = (Arc::clone(&self.instances), Arc::clone(&self.billing), model.invoke_ms);
+        let (done, answered) = tokio::sync::oneshot::channel();
+        self.metadata_runs.lock().unwrap_or_else(|e| e.into_inner()).spawn(async move {
+            Self::occupy(&instances, &billing, invoke_ms, billed_ms).await;
+            let _ = done.send(());
+        });
+        answered.await.map_err(|_| RemoteError::Retryable("the modelled metadata run ended".into()))?;
+        Ok(stand_in_file(hash, output, metadata.bytes))
     }
 }
 
@@ -420,6 +567,8 @@ mod tests {
             output_bytes: 0,
             input_stored_bytes: None,
             output_stored_bytes: None,
+            metadata: None,
+            metadata_producers: Vec::new(),
         }
     }
 
@@ -478,8 +627,49 @@ mod tests {
         assert_about(&prediction, expected, "a cold start, then a warm one");
         assert_eq!(prediction.cold_starts, 1);
         assert!(prediction.cost_usd > 0.0);
-        // The layer downloads (1.7 s at 100 MB/s) while it is unpacked (0.6 s): only the slower counts.
-        assert_eq!(model.cold_start_ms(), 250 + 1_700);
+        // The layer downloads (1.53 s at 100 MB/s) while it is unpacked (0.8 s): only the slower counts.
+        assert_eq!(model.cold_start_ms(), 250 + 1_530);
+    }
+
+    #[test]
+    fn a_consumer_of_an_rmeta_starts_when_the_metadata_run_has_written_it() {
+        // lib (4 s, its rmeta at 1 s) -> user (4 s, reads the rmeta) -> bin (1 s, links both rlibs).
+        let mut lib = node("lib", &[], 4_000);
+        lib.metadata = Some(Metadata { ms: 1_000, bytes: 0, stored_bytes: 0 });
+        let mut user = node("user", &[&lib], 4_000);
+        user.metadata_producers = vec![lib.thunk];
+        let bin = node("bin", &[&lib, &user], 1_000);
+        let graph = Graph { version: GRAPH_VERSION, thunks: vec![lib, user, bin] };
+        // user runs from 1 s to 5 s, bin after both rlibs: 6 s, not 9.
+        assert_eq!(graph.critical_path_ms(), 6_000);
+        let prices = crate::cost::Prices::default();
+        let many = predict(&graph, &free(), 1_000, &prices).unwrap();
+        assert_about(&many, 6_000, "the metadata run lets user start at 1 s");
+        assert_eq!(many.invocations, 4, "three compiles and lib's metadata run");
+        assert_eq!(many.billed_ms, 4_000 + 1_000 + 4_000 + 1_000);
+        // Without the rmeta announced, user waits for the whole of lib.
+        let mut plain = graph.clone();
+        plain.thunks[0].metadata = None;
+        assert_eq!(plain.critical_path_ms(), 9_000);
+        assert_about(&predict(&plain, &free(), 1_000, &prices).unwrap(), 9_000, "no metadata run");
+    }
+
+    #[test]
+    fn an_abandoned_metadata_run_holds_its_instance_and_is_billed_to_its_end() {
+        // On a cold instance the metadata run of lib ends after lib's own compile, on a warm one: the
+        // build stops waiting for it, but Lambda bills it whole.
+        let mut lib = node("lib", &[], 1_000);
+        lib.metadata = Some(Metadata { ms: 900, bytes: 0, stored_bytes: 0 });
+        let mut user = node("user", &[&lib], 1_000);
+        user.metadata_producers = vec![lib.thunk];
+        let graph = Graph { version: GRAPH_VERSION, thunks: vec![lib, user] };
+        let model = LambdaModel { invoke_ms: 0, unpack_ms: 0, layer_bytes: 0, init_ms: 500, ..LambdaModel::default() };
+        let prediction = predict(&graph, &model, 8, &crate::cost::Prices::default()).unwrap();
+        assert_eq!(prediction.invocations, 3);
+        assert_eq!(prediction.cold_starts, 2, "the compile and its metadata run start an instance each");
+        // Compiles: lib 500 + 1,000, user 500 + 1,000 or 1,000 on a warm instance; the metadata run
+        // 500 + 900 whichever answered first.
+        assert!(prediction.billed_ms >= 1_500 + 1_000 + 1_400, "{prediction:?}");
     }
 
     #[test]

@@ -67,10 +67,18 @@ pub struct PackStats {
     pub raw_bytes: u64,
 }
 
-/// Packs the files of `manifest`, read from the materialized `tree`, into `out` as tar + zstd at `level`.
+/// How far back zstd's long-distance matching looks, as a power of two: 128 MiB, the most a decoder
+/// accepts without being told (`ZSTD_WINDOWLOG_LIMIT_DEFAULT`), so any zstd can unpack a layer.
+const LONG_WINDOW_LOG: u32 = 27;
+
+/// Packs the files of `manifest`, read from the materialized `tree`, into `out` as tar + zstd at `level`,
+/// with long-distance matching: a toolchain repeats itself across files far apart (the std rlibs for
+/// each target, the LLVM inside rustc's driver and in libLLVM).
 /// Every file is hashed as it is read: a tree that drifted from its manifest is an error, not a layer.
 pub fn pack(manifest: &ToolchainManifest, tree: &Path, out: impl Write, level: i32) -> Result<PackStats, LayerError> {
-    let encoder = zstd::Encoder::new(out, level).map_err(io_error("cannot start zstd"))?;
+    let mut encoder = zstd::Encoder::new(out, level).map_err(io_error("cannot start zstd"))?;
+    encoder.long_distance_matching(true).map_err(io_error("cannot start zstd"))?;
+    encoder.window_log(LONG_WINDOW_LOG).map_err(io_error("cannot start zstd"))?;
     let mut builder = tar::Builder::new(encoder);
     let manifest_bytes = manifest.canonical_bytes();
     append(&mut builder, MANIFEST_ENTRY, 0o644, manifest_bytes.len() as u64, &manifest_bytes[..])?;

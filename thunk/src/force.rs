@@ -95,6 +95,9 @@ pub struct Run {
     pub end: std::time::Duration,
     /// Where the time went.
     pub phases: Phases,
+    /// When rustc announced the rmeta, in milliseconds from the program's start: what a consumer that
+    /// needs only the rmeta waited. Known for a library run in place.
+    pub metadata_ms: Option<u64>,
 }
 
 /// How far forcing has got, for a progress bar.
@@ -616,7 +619,10 @@ impl Forcer {
         let lane = self.inner.lanes.take();
         let start = self.inner.origin.elapsed();
         let early = self.early_sender(hash);
+        let (origin, announced_at) = (self.inner.origin, Arc::new(Mutex::new(None)));
+        let noting = Arc::clone(&announced_at);
         let announce: EarlyOutput = Arc::new(move |output, file| {
+            noting.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(origin.elapsed());
             early.send_modify(|ready| {
                 ready.insert(output, file);
             });
@@ -639,7 +645,13 @@ impl Forcer {
         } else {
             persist.await.map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }))?;
         }
-        self.note_run(hash, format!("local {}", lane + 1), start, in_place.phases);
+        let announced_at = *announced_at.lock().unwrap_or_else(|e| e.into_inner());
+        // From rustc's start: the forcer's own checks before it are not the compile's.
+        let metadata_ms = announced_at.map(|at| {
+            let since_start = at.saturating_sub(start).as_millis() as u64;
+            since_start.saturating_sub(in_place.phases.fetch_ms).min(in_place.reduction.duration_ms)
+        });
+        self.note_run(hash, format!("local {}", lane + 1), start, in_place.phases, metadata_ms);
         Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared, fallback })
     }
 
@@ -810,7 +822,7 @@ impl Forcer {
                     // The instance's own time ends the bar; the round trip before it shows as fetching.
                     let mut phases = run.phases;
                     phases.fetch_ms += run.overhead_ms;
-                    self.note_run(hash, run.worker.clone(), start, phases);
+                    self.note_run(hash, run.worker.clone(), start, phases, None);
                     return Ok(run);
                 }
                 Err(RemoteError::Final(reason)) => return Err(reason),
@@ -832,9 +844,16 @@ impl Forcer {
         }
     }
 
-    fn note_run(&self, thunk: Hash, worker: String, start: std::time::Duration, phases: Phases) {
+    fn note_run(
+        &self,
+        thunk: Hash,
+        worker: String,
+        start: std::time::Duration,
+        phases: Phases,
+        metadata_ms: Option<u64>,
+    ) {
         let end = self.inner.origin.elapsed();
-        let run = Run { thunk, worker, start, end, phases };
+        let run = Run { thunk, worker, start, end, phases, metadata_ms };
         self.inner.runs.lock().unwrap_or_else(|e| e.into_inner()).push(run);
     }
 

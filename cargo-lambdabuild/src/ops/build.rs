@@ -932,10 +932,15 @@ async fn recorded_graph(
         .filter_map(|(hash, outcome)| outcome.ok().map(|forced| (hash, forced.reduction)))
         .filter(|(_, reduction)| reduction.succeeded())
         .collect();
+    // When rustc announced each library's rmeta, from the runs in place.
+    let metadata_ms: HashMap<Hash, u64> =
+        forcer.runs().iter().filter_map(|run| run.metadata_ms.map(|ms| (run.thunk, ms))).collect();
     let mut nodes = Vec::new();
     for (hash, reduction) in &reductions {
         let thunk = store.get_thunk(*hash).await?;
         let mut producers = Vec::new();
+        // Producers read for their rmeta, and for anything else.
+        let (mut for_metadata, mut for_more) = (Vec::new(), Vec::new());
         let (mut input_bytes, mut input_stored_bytes) = (0, 0);
         for input in thunk.inputs.values() {
             match input {
@@ -945,6 +950,11 @@ async fn recorded_graph(
                 }
                 thunk::Input::Link { thunk: producer, output } => {
                     producers.push(*producer);
+                    if output.as_str().ends_with(".rmeta") {
+                        for_metadata.push(*producer);
+                    } else {
+                        for_more.push(*producer);
+                    }
                     if let Some(file) = reductions.get(producer).and_then(|r| r.outputs.get(output)) {
                         input_bytes += file.size;
                         input_stored_bytes += stored(file.hash, file.size);
@@ -955,6 +965,19 @@ async fn recorded_graph(
         }
         producers.sort();
         producers.dedup();
+        let mut metadata_producers: Vec<Hash> =
+            for_metadata.into_iter().filter(|producer| !for_more.contains(producer)).collect();
+        metadata_producers.sort();
+        metadata_producers.dedup();
+        let rmeta = reduction.outputs.iter().find(|(output, _)| output.as_str().ends_with(".rmeta"));
+        let metadata = match (metadata_ms.get(hash), rmeta) {
+            (Some(ms), Some((_, file))) => Some(cargo_lambdabuild::scaleout::Metadata {
+                ms: *ms,
+                bytes: file.size,
+                stored_bytes: stored(file.hash, file.size),
+            }),
+            _ => None,
+        };
         let (crate_name, kind) = crate_and_kind(&thunk.args);
         nodes.push(cargo_lambdabuild::scaleout::Node {
             thunk: *hash,
@@ -967,6 +990,8 @@ async fn recorded_graph(
             output_bytes: reduction.outputs.values().map(|file| file.size).sum(),
             input_stored_bytes: Some(input_stored_bytes),
             output_stored_bytes: Some(reduction.outputs.values().map(|file| stored(file.hash, file.size)).sum()),
+            metadata,
+            metadata_producers,
         });
     }
     nodes.sort_by_key(|node| node.thunk);
