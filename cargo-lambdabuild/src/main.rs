@@ -78,6 +78,9 @@ fn run(cli: cli::Cli, shell: &shell::Shell) -> anyhow::Result<ExitCode> {
     // the placeholders it was writing over); stop what detached tasks still run, then undo whatever
     // is left half done, as the next build would.
     thunk::exec::kill_running_programs();
+    // What ran to the end is stored before the runtime stops (its storing goes on beside the build),
+    // so that the rerun takes it from the store.
+    runtime.block_on(thunk::force::finish_storing(std::time::Duration::from_secs(10)));
     runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     let undone = ops::open_workdir(&global).and_then(|workdir| Ok(workdir.journal().recover()?));
     if let Ok(undone) = undone

@@ -170,8 +170,8 @@ pub struct InPlace {
     /// Files rustc read that are not inputs of the thunk: the outputs are right for this machine, but
     /// the thunk does not name all it depends on, so its reduction is not cached.
     pub undeclared: Vec<PathBuf>,
-    /// What is left once the outputs are hashed: storing their blobs, then the reduction, then closing
-    /// the journal entry. Until it is done the reduction is known only to this process; see
+    /// What is left once the outputs are hashed: storing their blobs, then the reduction. Until it is
+    /// done the reduction is known only to this process; see
     /// [`crate::force::Forcer::with_deferred_storing`].
     pub persist: Persist,
 }
@@ -484,7 +484,7 @@ impl Executor {
             }
             previous_mtimes.push(fs::metadata(&file).and_then(|m| m.modified()).ok());
         }
-        // rustc writes over the placeholders itself: until it is done and its outputs are stored, a
+        // rustc writes over the placeholders itself: until it is done and its outputs are hashed, a
         // journal entry can put them back (see `crate::journal`).
         let pending = self
             .workdir
@@ -563,10 +563,14 @@ impl Executor {
             }
         }
         let reduction = self.reduction(hash, status, outputs, stdout, stderr, &run);
-        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if reduction.status != Status::Success {
-            // Puts the placeholders back over what a failed compile left.
-            drop(pending.take());
+        let pending = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if reduction.status == Status::Success
+            && let Some(pending) = pending
+        {
+            // The outputs are whole and hashed: from here on they are rustc's, stored or not (a build
+            // that dies before storing them leaves right files that the next build runs again for
+            // want of a reduction). A failed compile's entry, dropped, puts the placeholders back.
+            pending.commit().map_err(sandbox_error("cannot remove the journal entry"))?;
         }
         let persist: Persist = {
             let (this, reduction, cacheable) = (self.clone(), reduction.clone(), undeclared.is_empty());
@@ -590,9 +594,6 @@ impl Executor {
                         context: "storing the outputs".into(),
                         source: io::Error::other(e),
                     })??;
-                }
-                if let Some(pending) = pending {
-                    pending.commit().map_err(sandbox_error("cannot remove the journal entry"))?;
                 }
                 if cacheable {
                     this.store.put_reduction(&reduction).await?;

@@ -82,6 +82,39 @@ type Outcome = Result<Forced, Arc<ForceError>>;
 /// A thunk's outputs and reduction being stored after it ran (see [`Forcer::with_deferred_storing`]).
 type Storing = tokio::task::JoinHandle<Result<(), ExecError>>;
 
+/// Thunks of this process whose storing has not ended, whichever forcer ran them.
+static STORING_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one storing task in [`STORING_IN_FLIGHT`] until dropped (done or cancelled).
+struct StoringInFlight;
+
+impl StoringInFlight {
+    fn start() -> StoringInFlight {
+        STORING_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        StoringInFlight
+    }
+}
+
+impl Drop for StoringInFlight {
+    fn drop(&mut self) {
+        STORING_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits, up to `limit`, until every thunk this process ran is stored, also when the forcer that ran
+/// it is gone: an interrupted build (Ctrl-C drops it) keeps what it finished, and the rerun takes it
+/// from the store. `false` when the limit passed first.
+pub async fn finish_storing(limit: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while STORING_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    true
+}
+
 /// One thunk run by this forcer, for the timeline of `--timings`.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -637,8 +670,9 @@ impl Forcer {
         let mut in_place = in_place?;
         let persist = std::mem::replace(&mut in_place.persist, Box::pin(async { Ok(()) }));
         if self.inner.deferred_storing {
+            let in_flight = StoringInFlight::start();
             let task = tokio::spawn(async move {
-                let _lock = _lock;
+                let (_lock, _in_flight) = (_lock, in_flight);
                 persist.await
             });
             self.inner.storing.lock().unwrap_or_else(|e| e.into_inner()).push((hash, task));

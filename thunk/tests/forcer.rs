@@ -400,3 +400,23 @@ async fn with_deferred_storing_a_consumer_runs_before_its_producers_outputs_are_
     std::fs::write(real(&produced), b"edited\n").unwrap();
     assert!(!forcer.knows(&real(&produced), held));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storing_goes_on_when_its_forcer_is_dropped_and_an_interrupted_build_can_wait_for_it() {
+    let fixture = Fixture::new();
+    let thunk = thunk_in_place(&fixture, "finished", "echo finished > out.txt").await;
+    let hash = fixture.store.put_thunk(&thunk).await.unwrap();
+    let held = Hash::of(b"finished\n");
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let backend = GatedBlob { inner: thunk::LocalBackend::open(&fixture.store_root()).unwrap(), held, gate };
+    let forcer = Forcer::new(thunk::Store::new(Arc::new(backend)), fixture.workdir.clone(), 1).with_deferred_storing();
+    let forced = tokio::time::timeout(Duration::from_secs(30), forcer.force(hash)).await.unwrap().unwrap();
+    assert!(forced.reduction.succeeded());
+    // Ctrl-C drops the build and its forcer while the output is still being stored.
+    drop(forcer);
+    assert!(!thunk::force::finish_storing(Duration::from_millis(200)).await, "the blob write is held");
+    open.send(true).unwrap();
+    assert!(thunk::force::finish_storing(Duration::from_secs(30)).await);
+    let stored = fixture.store.get_reduction(hash).await.unwrap().expect("the reduction of what finished");
+    assert_eq!(fixture.store.get_blob(stored.outputs.values().next().unwrap().hash).await.unwrap(), b"finished\n");
+}
