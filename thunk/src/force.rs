@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use tokio::sync::{OnceCell, watch};
 
-use crate::exec::{EarlyOutput, ExecError, Executor, Phases};
+use crate::exec::{EarlyOutput, ExecError, Executor, InPlace, Phases};
 use crate::hash::Hash;
 use crate::path::SandboxPath;
 use crate::reduction::{OutputFile, Reduction};
@@ -667,8 +667,7 @@ impl Forcer {
             .await
             .map_err(|source| Arc::new(ForceError::Exec { thunk: hash, source }));
         self.inner.lanes.give_back(lane);
-        let mut in_place = in_place?;
-        let persist = std::mem::replace(&mut in_place.persist, Box::pin(async { Ok(()) }));
+        let InPlace { reduction, phases, undeclared, persist } = in_place?;
         if self.inner.deferred_storing {
             let in_flight = StoringInFlight::start();
             let task = tokio::spawn(async move {
@@ -683,10 +682,10 @@ impl Forcer {
         // From rustc's start: the forcer's own checks before it are not the compile's.
         let metadata_ms = announced_at.map(|at| {
             let since_start = at.saturating_sub(start).as_millis() as u64;
-            since_start.saturating_sub(in_place.phases.fetch_ms).min(in_place.reduction.duration_ms)
+            since_start.saturating_sub(phases.fetch_ms).min(reduction.duration_ms)
         });
-        self.note_run(hash, format!("local {}", lane + 1), start, in_place.phases, metadata_ms);
-        Ok(Forced { reduction: Arc::new(in_place.reduction), cached: false, undeclared: in_place.undeclared, fallback })
+        self.note_run(hash, format!("local {}", lane + 1), start, phases, metadata_ms);
+        Ok(Forced { reduction: Arc::new(reduction), cached: false, undeclared, fallback })
     }
 
     /// The file behind each link input of a thunk about to run remotely. An output announced by a
