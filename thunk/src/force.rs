@@ -175,9 +175,12 @@ impl Drop for Running<'_> {
 struct Shape {
     /// The thunks it links to.
     links: Vec<Hash>,
-    /// How long it is expected to run, in milliseconds: its unit's last duration, else an estimate
-    /// from the size of its Rust source.
+    /// How long it is expected to run, in milliseconds, for ordering: its unit's last duration, else
+    /// [`estimated_ms`].
     expected_ms: u64,
+    /// How long it may run before it is late, in milliseconds: its unit's last duration, else
+    /// [`patient_estimate_ms`].
+    patient_ms: u64,
 }
 
 /// Forces thunks with a bounded number of local slots.
@@ -281,9 +284,24 @@ impl Default for Stragglers {
         Stragglers { factor: 3, slack: std::time::Duration::from_secs(15), max_copies: 3 }
     }
 }
-/// The expected time, in milliseconds, of a unit never seen before, from the bytes of Rust source it
-/// compiles: a process start plus about a second per 64 KiB (a debug build's pace on one core).
-fn default_expected_ms(source_bytes: u64) -> u64 {
+/// How long a unit never seen before is expected to run, in milliseconds, for ordering it among the
+/// others: from the bytes of Rust source it compiles and the number of thunks it links to (its
+/// dependency closure). Only the ranking matters here, and neither figure ranks well alone: a crate
+/// of generated tables is large and quick, while a crate high in the graph is small and slow, since
+/// it instantiates the generics of everything below it. Fitted by least squares in log space to the
+/// release builds of ripgrep and mdbook: `duration ≈ 25 ms · √(1 + KiB) · (1 + links)^0.45`. Its rank
+/// correlation with the measured durations is 0.78 on mdbook and 0.83 on ripgrep, against 0.72 and
+/// 0.77 for the source size alone, and it starts mdbook's top-level crates (small, slow, and the
+/// critical path) early enough that the build does not end on them alone.
+fn estimated_ms(source_bytes: u64, links: usize) -> u64 {
+    let source_kib = source_bytes as f64 / 1024.0;
+    (25.0 * (1.0 + source_kib).sqrt() * (1.0 + links as f64).powf(0.45)) as u64
+}
+
+/// How long a unit never seen before may run before it is late, in milliseconds: a process start
+/// plus about a second per 64 KiB of Rust source (a debug build's pace on one core). Generous on
+/// purpose, unlike [`estimated_ms`]: a copy launched too early costs an invocation.
+fn patient_estimate_ms(source_bytes: u64) -> u64 {
     1_000 + source_bytes / 64
 }
 
@@ -420,9 +438,9 @@ impl Forcer {
     /// Schedules the thunks below `roots` by the critical path: a thunk's priority is the expected time
     /// of the longest chain from it up to a root, so the thunk that most delays the end goes first. A
     /// thunk's expected time is its unit's last duration (see [`crate::history`]), else an estimate
-    /// from the size of the Rust source it compiles, which still separates a 15-second crate from a
-    /// 0.2-second one well enough that the long compiles start first (cargo, counting dependents
-    /// instead, starts them late). May be called again as more of the graph becomes known; thunks
+    /// from the Rust source it compiles and the dependencies it links (see [`estimated_ms`]), which
+    /// still separates a 15-second crate from a 0.2-second one well enough that the long compiles
+    /// start first (cargo, counting dependents instead, starts them late). May be called again as more of the graph becomes known; thunks
     /// already waiting are reordered.
     pub async fn prioritize(&self, roots: &[Hash]) -> Result<(), StoreError> {
         // Depth-first, so that every thunk comes after everything it links to.
@@ -477,9 +495,10 @@ impl Forcer {
         }
         links.sort();
         links.dedup();
-        let expected_ms =
-            self.inner.history.expected_ms(&thunk).unwrap_or_else(|| default_expected_ms(source_bytes)).max(1);
-        let shape = Arc::new(Shape { links, expected_ms });
+        let learned_ms = self.inner.history.expected_ms(&thunk);
+        let expected_ms = learned_ms.unwrap_or_else(|| estimated_ms(source_bytes, links.len())).max(1);
+        let patient_ms = learned_ms.unwrap_or_else(|| patient_estimate_ms(source_bytes));
+        let shape = Arc::new(Shape { links, expected_ms, patient_ms });
         self.inner.shapes.lock().unwrap_or_else(|e| e.into_inner()).insert(hash, Arc::clone(&shape));
         Ok(shape)
     }
@@ -827,7 +846,7 @@ impl Forcer {
     async fn patience(&self, hash: Hash, thunk: &crate::thunk::Thunk) -> std::time::Duration {
         let expected_ms = match self.inner.history.expected_ms(thunk) {
             Some(ms) => ms,
-            None => self.shape_of(hash).await.map_or_else(|_| default_expected_ms(0), |shape| shape.expected_ms),
+            None => self.shape_of(hash).await.map_or_else(|_| patient_estimate_ms(0), |shape| shape.patient_ms),
         };
         let expected = std::time::Duration::from_millis(expected_ms);
         let policy = &self.inner.stragglers;
@@ -1041,5 +1060,25 @@ impl FileLock {
                 return Err(error);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_crate_high_in_the_graph_is_expected_to_outlast_a_large_leaf() {
+        // mdbook 0.5.4's release build: mdbook_core (66 KiB, 31 links) took 7.0 s, zerocopy (1.1 MiB,
+        // no links) 3.2 s, and the source size alone ranked them the other way.
+        let mdbook_core = estimated_ms(66 * 1024, 31);
+        let zerocopy = estimated_ms(1138 * 1024, 0);
+        assert!(mdbook_core > zerocopy, "{mdbook_core} ms against {zerocopy} ms");
+        assert!(patient_estimate_ms(66 * 1024) < patient_estimate_ms(1138 * 1024));
+        // A crate of generated tables (font_awesome_as_a_crate, 6 MiB, 4.6 s) against a 15-second
+        // crate with dependencies (regex_automata, 2.5 MiB, 3 links, 13.6 s): same order of size.
+        let tables = estimated_ms(6085 * 1024, 0);
+        let regex_automata = estimated_ms(2588 * 1024, 3);
+        assert!(tables < 2 * regex_automata, "{tables} ms against {regex_automata} ms");
     }
 }
