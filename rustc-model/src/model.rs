@@ -273,6 +273,7 @@ pub async fn model(call: &Call, context: &Context<'_>) -> Result<Modelled, Model
     };
 
     // 1. The package's files, and files outside it that its sources name.
+    builder.cache.group_under(&manifest_dir);
     let mut files = Vec::new();
     builder.walk(&manifest_dir, &manifest_dir, &mut files)?;
     let mut found = Found::default();

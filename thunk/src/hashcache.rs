@@ -2,9 +2,11 @@
 //! toolchain, or a package's sources, a second time costs a `stat` per file instead of a re-hash.
 //!
 //! One small file per directory of hashed files (named by the hash of the directory's path) holds a
-//! line per file. A process reads a directory's entry once, and writes what it learned when its
-//! cache is dropped (or [`HashCache::flush`]ed): a crate's sources cost a file or two, not one file
-//! each, which on ext4 after a `cargo clean` costs more than the hashing. Entries are replaced
+//! line per file; a directory the caller groups files under ([`HashCache::group_under`], a package's
+//! root, the sysroot) holds the lines of every file below it. A process reads an entry once, and
+//! writes what it learned when its cache is dropped (or [`HashCache::flush`]ed): a crate's sources
+//! cost one file, not one per directory, which on ext4 soon after a `cargo clean` or `rm -rf` costs
+//! more than the hashing (allocating an inode there scans past every recently deleted one). Entries are replaced
 //! atomically by a rename after merging what is on disk, so concurrent writers never tear one; two
 //! writers racing on one directory may drop each other's new lines, which only costs a re-hash.
 
@@ -73,10 +75,12 @@ pub struct HashCache {
 struct Shared {
     dir: PathBuf,
     directories: Mutex<HashMap<PathBuf, Directory>>,
+    /// Directories whose files share one entry (see [`HashCache::group_under`]).
+    groups: Mutex<Vec<PathBuf>>,
 }
 
-/// What is known of the files of one directory: as read from its entry, plus what this process
-/// hashed since (to be written).
+/// What is known of the files of one directory (or group), by their path relative to it: as read
+/// from its entry, plus what this process hashed since (to be written).
 #[derive(Debug)]
 struct Directory {
     known: HashMap<OsString, (StatKey, Hash)>,
@@ -86,12 +90,26 @@ struct Directory {
 impl HashCache {
     /// A cache whose entries live in `dir` (created on first write).
     pub fn new(dir: PathBuf) -> HashCache {
-        HashCache { shared: Arc::new(Shared { dir, directories: Mutex::new(HashMap::new()) }) }
+        let shared = Shared { dir, directories: Mutex::default(), groups: Mutex::default() };
+        HashCache { shared: Arc::new(shared) }
+    }
+
+    /// Keeps the hashes of every file below `root` (absolute) in one entry, in this cache and its
+    /// clones: for a tree read as a whole, such as a package's sources. Where groups nest, the
+    /// innermost wins.
+    pub fn group_under(&self, root: &Path) {
+        let mut groups = self.shared.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if !groups.iter().any(|group| group == root) {
+            groups.push(root.to_owned());
+            // Innermost first, so that the first match is the deepest.
+            groups.sort_by_key(|group| std::cmp::Reverse(group.components().count()));
+        }
     }
 
     /// The digest of the file at `path` (absolute), from the cache when its stat data is unchanged.
     pub fn digest(&self, path: &Path) -> io::Result<FileDigest> {
-        let (parent, name) = split(path)?;
+        let (parent, name) = self.split(path)?;
+        let (parent, name) = (parent.as_path(), name.as_os_str());
         let metadata = fs::metadata(path)?;
         let stat = StatKey::of(&metadata);
         let executable = metadata.permissions().mode() & 0o100 != 0;
@@ -120,7 +138,8 @@ impl HashCache {
     /// instead of one to hash and one to use; hashing bytes in memory costs less than a `stat`.
     pub fn read(&self, path: &Path) -> io::Result<(FileDigest, Vec<u8>)> {
         use std::io::Read;
-        let (parent, name) = split(path)?;
+        let (parent, name) = self.split(path)?;
+        let (parent, name) = (parent.as_path(), name.as_os_str());
         for _ in 0..3 {
             let mut file = fs::File::open(path)?;
             let before = file.metadata()?;
@@ -140,6 +159,20 @@ impl HashCache {
             }
         }
         Err(io::Error::other(format!("{} kept changing while it was being read", path.display())))
+    }
+
+    /// The entry a file's hash is kept in (its group, else its directory) and its name there.
+    fn split(&self, path: &Path) -> io::Result<(PathBuf, OsString)> {
+        let groups = self.shared.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for group in groups.iter() {
+            if let Ok(relative) = path.strip_prefix(group)
+                && relative.file_name().is_some()
+            {
+                return Ok((group.clone(), relative.as_os_str().to_owned()));
+            }
+        }
+        let (parent, name) = split(path)?;
+        Ok((parent.to_owned(), name.to_owned()))
     }
 
     fn learn(&self, parent: &Path, name: &std::ffi::OsStr, stat: StatKey, hash: Hash) {
@@ -339,5 +372,35 @@ mod tests {
         assert_eq!((digest.hash, digest.size, bytes.as_slice()), (Hash::of(b"fn main() {}"), 12, &b"fn main() {}"[..]));
         drop(cache);
         assert!(HashCache::new(dir.path().join("cache")).digest(&file).unwrap().from_cache);
+    }
+
+    #[test]
+    fn a_group_is_one_entry_for_every_file_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join("package");
+        let files = [package.join("Cargo.toml"), package.join("src/lib.rs"), package.join("src/a b/mod.rs")];
+        for file in &files {
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(file, file.to_str().unwrap()).unwrap();
+            age(file, 60);
+        }
+        let entries = dir.path().join("cache");
+        let cache = HashCache::new(entries.clone());
+        cache.group_under(&package);
+        for file in &files {
+            assert!(!cache.digest(file).unwrap().from_cache);
+        }
+        drop(cache);
+        assert_eq!(fs::read_dir(&entries).unwrap().count(), 1, "three directories, one entry");
+        let again = HashCache::new(entries.clone());
+        again.group_under(&package);
+        for file in &files {
+            let digest = again.digest(file).unwrap();
+            assert!(digest.from_cache);
+            assert_eq!(digest.hash, Hash::of(file.to_str().unwrap().as_bytes()));
+        }
+        // Without the group the same files are looked up by directory: hashed again, never confused.
+        let ungrouped = HashCache::new(entries);
+        assert!(!ungrouped.digest(&files[2]).unwrap().from_cache);
     }
 }

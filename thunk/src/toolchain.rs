@@ -244,6 +244,7 @@ pub async fn name_local_toolchain(
     }
 
     let cache = workdir.hash_cache();
+    cache.group_under(sysroot);
     let mut manifest = ToolchainManifest::new(host, release, all_targets);
     let mut stats = BTreeMap::new();
     let mut files_hashed = 0;
