@@ -144,10 +144,8 @@ impl Builder<'_> {
             return Ok(());
         }
         let digest = self.cache.digest(path).map_err(io_error(path))?;
-        // Placeholders are a few hundred bytes: only small files need a look.
-        if digest.size < 1024 {
-            thunk::placeholder::refuse_placeholder(path)
-                .map_err(|_| ModelError::PassThrough("a source file that is a cargo-lambdabuild placeholder"))?;
+        if digest.is_placeholder {
+            return Err(ModelError::PassThrough("a source file that is a cargo-lambdabuild placeholder"));
         }
         self.inputs
             .insert(sandbox, Input::Blob { hash: digest.hash, size: digest.size, executable: digest.executable });
@@ -172,16 +170,48 @@ impl Builder<'_> {
             None => self.read_dependency(path)?,
         };
         let producer = self.thunk(thunk).await?;
-        let (path, output) = rlib_if_needed(mirror(path)?, output, &producer, needs_rlib);
+        let (path, output) = self.rlib_if_needed(mirror(path)?, thunk, output, needs_rlib).await?;
         self.inputs.insert(path, Input::Link { thunk, output });
         for (path, input) in &producer.inputs {
             if let Input::Link { thunk, output } = input {
-                let upstream = self.thunk(*thunk).await?;
-                let (path, output) = rlib_if_needed(path.clone(), output.clone(), &upstream, needs_rlib);
+                let (path, output) = self.rlib_if_needed(path.clone(), *thunk, output.clone(), needs_rlib).await?;
                 self.inputs.insert(path, Input::Link { thunk: *thunk, output });
             }
         }
         Ok(())
+    }
+
+    /// The rlib beside an rmeta, when the consumer links and the producer makes one.
+    async fn rlib_if_needed(
+        &mut self,
+        path: SandboxPath,
+        producer: Hash,
+        output: SandboxPath,
+        needs_rlib: bool,
+    ) -> Result<(SandboxPath, SandboxPath), ModelError> {
+        if needs_rlib && output.as_str().ends_with(".rmeta") {
+            let rlib = |p: &SandboxPath| SandboxPath::new(&p.as_str().replace(".rmeta", ".rlib")).ok();
+            if let (Some(rlib_path), Some(rlib_output)) = (rlib(&path), rlib(&output))
+                && self.makes(producer, &rlib_output).await?
+            {
+                return Ok((rlib_path, rlib_output));
+            }
+        }
+        Ok((path, output))
+    }
+
+    /// Whether `thunk` makes `output`: from the session's index of outputs when it knows (reading the
+    /// thunk of every crate in the closure to ask cost the model phase a second of CPU on mdbook),
+    /// else from the thunk.
+    async fn makes(&mut self, thunk: Hash, output: &SandboxPath) -> Result<bool, ModelError> {
+        if let Some(session) = self.context.session {
+            // Outputs are mirrored absolute paths: the root stands for `/`.
+            let real = Path::new("/").join(output.as_str());
+            if session.output_of(&real).is_some_and(|(maker, made)| maker == thunk && made == *output) {
+                return Ok(true);
+            }
+        }
+        Ok(self.thunk(thunk).await?.outputs.contains(output))
     }
 
     /// A producer's thunk, read from the store once per call: dependencies share most of their closure.
@@ -232,24 +262,6 @@ impl Builder<'_> {
         }
         Ok(())
     }
-}
-
-/// The rlib beside an rmeta, when the consumer links and the producer makes one.
-fn rlib_if_needed(
-    path: SandboxPath,
-    output: SandboxPath,
-    producer: &Thunk,
-    needs_rlib: bool,
-) -> (SandboxPath, SandboxPath) {
-    if needs_rlib && output.as_str().ends_with(".rmeta") {
-        let rlib = |p: &SandboxPath| SandboxPath::new(&p.as_str().replace(".rmeta", ".rlib")).ok();
-        if let (Some(rlib_path), Some(rlib_output)) = (rlib(&path), rlib(&output))
-            && producer.outputs.contains(&rlib_output)
-        {
-            return (rlib_path, rlib_output);
-        }
-    }
-    (path, output)
 }
 
 /// Models `call`, whose program is the toolchain's rustc, into a stored thunk.

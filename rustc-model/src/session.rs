@@ -65,8 +65,10 @@ pub struct Session {
     pub dir: PathBuf,
     /// Its configuration.
     pub config: SessionConfig,
-    /// The output index as last read, by the hash of the output's path (see [`Session::output_of`]).
-    outputs: std::sync::Arc<std::sync::Mutex<HashMap<Hash, (Hash, thunk::SandboxPath)>>>,
+    /// The output index as last read: `THUNK OUTPUT` by the hash of the output's path, in hex (see
+    /// [`Session::output_of`]). Lines are parsed when looked up: a call looks up a few dozen of a
+    /// build's thousand.
+    outputs: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 /// The records, a JSON object a line.
@@ -115,24 +117,19 @@ impl Session {
     /// What [`Session::index_output`] noted for `path`: the latest line as of when this process read
     /// the index.
     pub fn output_of(&self, path: &Path) -> Option<(Hash, thunk::SandboxPath)> {
-        let key = Hash::of(path.as_os_str().as_encoded_bytes());
+        let key = Hash::of(path.as_os_str().as_encoded_bytes()).to_hex();
         let mut outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
         if !outputs.contains_key(&key) {
             // Read once per process, and again only for a path noted since.
             let text = fs::read_to_string(self.dir.join(OUTPUTS)).ok()?;
             for line in text.lines() {
-                let mut fields = line.splitn(3, ' ');
-                let (Some(path), Some(thunk), Some(output)) = (fields.next(), fields.next(), fields.next()) else {
-                    continue;
-                };
-                if let (Ok(path), Ok(thunk), Ok(output)) =
-                    (path.parse(), thunk.parse(), thunk::SandboxPath::new(output))
-                {
-                    outputs.insert(path, (thunk, output));
+                if let Some((path, rest)) = line.split_once(' ') {
+                    outputs.insert(path.to_owned(), rest.to_owned());
                 }
             }
         }
-        outputs.get(&key).cloned()
+        let (thunk, output) = outputs.get(&key)?.split_once(' ')?;
+        Some((thunk.parse().ok()?, thunk::SandboxPath::new(output).ok()?))
     }
 
     /// Every record so far.

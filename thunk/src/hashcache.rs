@@ -21,6 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::hash::Hash;
+use crate::placeholder;
+
+/// Whether `bytes` start as a placeholder does (well-formed or not).
+fn is_placeholder(bytes: &[u8]) -> bool {
+    bytes.starts_with(placeholder::MAGIC.as_bytes())
+}
 
 /// A file whose mtime is this close to now is hashed but not cached: it may still be changing within the
 /// same mtime tick (git's "racy clean" problem).
@@ -39,6 +45,10 @@ pub struct FileDigest {
     pub stat: StatKey,
     /// Whether the hash came from the cache (`false`: the file was read and hashed).
     pub from_cache: bool,
+    /// Whether the file was a cargo-lambdabuild placeholder when it was hashed. The cache never
+    /// keeps a placeholder's hash, so a digest from the cache is never one: a reader that must
+    /// refuse placeholders need not open a file the cache knows.
+    pub is_placeholder: bool,
 }
 
 /// What must be unchanged for a cached hash to still be right.
@@ -114,20 +124,28 @@ impl HashCache {
         let stat = StatKey::of(&metadata);
         let executable = metadata.permissions().mode() & 0o100 != 0;
         if let Some(hash) = self.cached(parent, name, stat) {
-            return Ok(FileDigest { hash, size: stat.size, executable, stat, from_cache: true });
+            let from_cache = true;
+            return Ok(FileDigest { hash, size: stat.size, executable, stat, from_cache, is_placeholder: false });
         }
         // Hash, then check nothing changed meanwhile; a file being rewritten is hashed again.
         for _ in 0..3 {
             let before = StatKey::of(&fs::metadata(path)?);
-            let (hash, size) = Hash::of_file(path)?;
+            // A file small enough to be a placeholder is read whole, to tell.
+            let (hash, size, is_placeholder) = if before.size <= placeholder::MAX_LEN {
+                let bytes = fs::read(path)?;
+                (Hash::of(&bytes), bytes.len() as u64, is_placeholder(&bytes))
+            } else {
+                let (hash, size) = Hash::of_file(path)?;
+                (hash, size, false)
+            };
             let after_metadata = fs::metadata(path)?;
             let after = StatKey::of(&after_metadata);
             if before == after && size == after.size {
-                if settled(&after_metadata)? {
+                if settled(&after_metadata)? && !is_placeholder {
                     self.learn(parent, name, after, hash);
                 }
                 let executable = after_metadata.permissions().mode() & 0o100 != 0;
-                return Ok(FileDigest { hash, size, executable, stat: after, from_cache: false });
+                return Ok(FileDigest { hash, size, executable, stat: after, from_cache: false, is_placeholder });
             }
         }
         Err(io::Error::other(format!("{} kept changing while it was being hashed", path.display())))
@@ -150,11 +168,12 @@ impl HashCache {
             if StatKey::of(&before) == stat && stat.size == bytes.len() as u64 {
                 let hash = Hash::of(&bytes);
                 let settled = SystemTime::now().duration_since(after.modified()?).is_ok_and(|age| age >= RACY_WINDOW);
-                if settled && self.cached(parent, name, stat) != Some(hash) {
+                let is_placeholder = is_placeholder(&bytes);
+                if settled && !is_placeholder && self.cached(parent, name, stat) != Some(hash) {
                     self.learn(parent, name, stat, hash);
                 }
                 let executable = after.permissions().mode() & 0o100 != 0;
-                let digest = FileDigest { hash, size: stat.size, executable, stat, from_cache: false };
+                let digest = FileDigest { hash, size: stat.size, executable, stat, from_cache: false, is_placeholder };
                 return Ok((digest, bytes));
             }
         }
@@ -249,12 +268,12 @@ fn settled(metadata: &fs::Metadata) -> io::Result<bool> {
     Ok(SystemTime::now().duration_since(metadata.modified()?).is_ok_and(|age| age >= RACY_WINDOW))
 }
 
-/// An entry's lines: `v2 SIZE MTIME_S MTIME_NS DEV INO HASH NAME` (the name last: it may hold spaces).
+/// An entry's lines: `v3 SIZE MTIME_S MTIME_NS DEV INO HASH NAME` (the name last: it may hold spaces).
 fn write_entry(dir: &Path, entry: &Path, lines: &HashMap<OsString, (StatKey, Hash)>) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let mut text = Vec::new();
     for (name, (StatKey { size, mtime_s, mtime_ns, dev, ino }, hash)) in lines {
-        write!(text, "v2 {size} {mtime_s} {mtime_ns} {dev} {ino} {hash} ")?;
+        write!(text, "v3 {size} {mtime_s} {mtime_ns} {dev} {ino} {hash} ")?;
         text.extend_from_slice(name.as_bytes());
         text.push(b'\n');
     }
@@ -273,7 +292,8 @@ fn read_entry(entry: &Path) -> HashMap<OsString, (StatKey, Hash)> {
 fn parse_line(line: &[u8]) -> Option<(OsString, (StatKey, Hash))> {
     let mut fields = line.splitn(8, |&b| b == b' ');
     let mut next = || std::str::from_utf8(fields.next()?).ok();
-    if next()? != "v2" {
+    // v2 lines may hold a placeholder's hash, which v3 never does (see `FileDigest::is_placeholder`).
+    if next()? != "v3" {
         return None;
     }
     let stat = StatKey {
@@ -402,5 +422,27 @@ mod tests {
         // Without the group the same files are looked up by directory: hashed again, never confused.
         let ungrouped = HashCache::new(entries);
         assert!(!ungrouped.digest(&files[2]).unwrap().from_cache);
+    }
+
+    #[test]
+    fn a_placeholder_is_hashed_but_never_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let (placeholder, source) = (dir.path().join("lib.rs"), dir.path().join("main.rs"));
+        let output = crate::SandboxPath::new("t/libx.rlib").unwrap();
+        crate::placeholder::Placeholder { thunk: Hash::of(b"t"), output }.write(&placeholder, false).unwrap();
+        fs::write(&source, "fn main() {}").unwrap();
+        age(&placeholder, 60);
+        age(&source, 60);
+        let entries = dir.path().join("cache");
+        let cache = HashCache::new(entries.clone());
+        assert!(cache.digest(&placeholder).unwrap().is_placeholder);
+        assert!(cache.read(&placeholder).unwrap().0.is_placeholder);
+        assert!(!cache.digest(&source).unwrap().is_placeholder);
+        drop(cache);
+        // So a digest from the cache is never a placeholder's, and readers need not look again.
+        let again = HashCache::new(entries);
+        let digest = again.digest(&placeholder).unwrap();
+        assert!(!digest.from_cache && digest.is_placeholder);
+        assert!(again.digest(&source).unwrap().from_cache);
     }
 }

@@ -44,7 +44,8 @@ impl SandboxPath {
         }
         // A line break in a path would break every line-based format that names it (a placeholder is
         // a shell script naming its output in a comment); no build needs one.
-        if path.chars().any(char::is_control) {
+        let printable_ascii = path.bytes().all(|byte| (0x20..0x7f).contains(&byte));
+        if !printable_ascii && path.chars().any(char::is_control) {
             return Err(refuse(path, "it contains a control character (NUL, a line break, …)"));
         }
         for component in path.split('/') {
@@ -121,6 +122,14 @@ pub fn lexical(path: &Path) -> PathBuf {
 
 fn refuse(path: &str, reason: &'static str) -> PathError {
     PathError { path: path.chars().take(200).collect(), reason }
+}
+
+/// Lets a map or set of paths be searched with a `&str` (an ancestor of a path, say) without
+/// checking and copying it into a `SandboxPath` first. `SandboxPath` orders and hashes as its text.
+impl std::borrow::Borrow<str> for SandboxPath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for SandboxPath {

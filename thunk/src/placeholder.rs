@@ -27,7 +27,7 @@ use crate::path::SandboxPath;
 pub const MAGIC: &str = "#!/bin/sh\n# lambdabuild-placeholder v1\n";
 
 /// No placeholder is longer than this; reading stops here.
-const MAX_LEN: u64 = 4096;
+pub const MAX_LEN: u64 = 4096;
 
 /// Which output of which thunk a placeholder stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]

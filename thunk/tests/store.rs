@@ -85,6 +85,23 @@ async fn a_blob_changed_on_disk_is_detected_on_read() {
 }
 
 #[tokio::test]
+async fn objects_compressed_as_a_stream_or_in_several_frames_are_read() {
+    let fixture = Fixture::new();
+    let bytes = "fn main() {}\n".repeat(1000).into_bytes();
+    let hash = fixture.store.put_blob(&bytes).await.unwrap();
+    let file = fixture.store_root().join(ObjectKey::Blob(hash).path());
+    // A streaming encoder states no size in the frame; one call cannot size the output for it.
+    fs::write(&file, zstd::stream::encode_all(&bytes[..], 1).unwrap()).unwrap();
+    assert_eq!(fixture.store.get_blob(hash).await.unwrap(), bytes);
+    // Two frames, each stating its own size: the first alone would be taken for the whole object.
+    let (head, tail) = bytes.split_at(5000);
+    let mut frames = zstd::bulk::compress(head, 1).unwrap();
+    frames.extend(zstd::bulk::compress(tail, 1).unwrap());
+    fs::write(&file, frames).unwrap();
+    assert_eq!(fixture.store.get_blob(hash).await.unwrap(), bytes);
+}
+
+#[tokio::test]
 async fn a_missing_blob_names_its_hash() {
     let fixture = Fixture::new();
     let hash = Hash::of(b"never stored");

@@ -28,6 +28,32 @@ use crate::hash::Hash;
 use crate::reduction::Reduction;
 use crate::thunk::Thunk;
 
+/// Frames no larger than this that state their size are decompressed in one call into one
+/// allocation; others (and anything that call refuses) go through the streaming decoder.
+const WHOLE_FRAME_LIMIT: u64 = 64 << 20;
+
+/// `stored` decompressed in one call, with this thread's reused context, when it is a single frame
+/// that states its size (every object `bulk::compress` wrote). A wrapper decodes dozens of thunks,
+/// and a fresh streaming decoder for each cost more than the decompression.
+fn decompress_whole(stored: &[u8]) -> Option<Vec<u8>> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let size = zstd::zstd_safe::get_frame_content_size(stored).ok()??;
+    if size > WHOLE_FRAME_LIMIT {
+        return None;
+    }
+    DECOMPRESSOR.with_borrow_mut(|decompressor| {
+        if decompressor.is_none() {
+            *decompressor = zstd::bulk::Decompressor::new().ok();
+        }
+        let bytes = decompressor.as_mut()?.decompress(stored, size as usize).ok()?;
+        // A second frame after the first would not fit: that object takes the streaming path.
+        (bytes.len() as u64 == size).then_some(bytes)
+    })
+}
+
 /// zstd level for objects: compression runs on the forcing path of every thunk, and level 1 costs half
 /// the CPU of level 3 for a few percent more bytes.
 const ZSTD_LEVEL: i32 = 1;
@@ -410,6 +436,9 @@ impl Store {
     }
 
     fn decompress(&self, key: ObjectKey, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if let Some(bytes) = decompress_whole(stored) {
+            return Ok(bytes);
+        }
         // A damaged frame is corruption of the object, not a failure of the backend.
         zstd::stream::decode_all(stored).map_err(|e| StoreError::Corrupt {
             key,
