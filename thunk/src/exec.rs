@@ -438,6 +438,15 @@ impl Executor {
         }
         let real = |path: &SandboxPath| Path::new("/").join(path.as_str());
         let cache = self.workdir.hash_cache();
+        // The model keeps the hashes of a package's files in one entry (it groups them under the
+        // package's directory); checking them under the same grouping finds them there, where
+        // looking them up by directory would hash every source again and write an entry per directory.
+        if let Some(package) =
+            thunk.env.get("CARGO_MANIFEST_DIR").map(|dir| PathBuf::from(dir.replace(SANDBOX_TOKEN, "")))
+            && package.is_absolute()
+        {
+            cache.group_under(&package);
+        }
         for (path, input) in &thunk.inputs {
             let file = real(path);
             match input {

@@ -420,3 +420,36 @@ async fn storing_goes_on_when_its_forcer_is_dropped_and_an_interrupted_build_can
     let stored = fixture.store.get_reduction(hash).await.unwrap().expect("the reduction of what finished");
     assert_eq!(fixture.store.get_blob(stored.outputs.values().next().unwrap().hash).await.unwrap(), b"finished\n");
 }
+
+#[tokio::test]
+async fn a_package_checked_in_place_is_found_in_the_entry_the_model_wrote() {
+    let fixture = Fixture::new();
+    let mut thunk = thunk_in_place(&fixture, "package", "cat src/nested/deep.rs > out.txt").await;
+    let package = fixture.dir.path().join("package");
+    let source = package.join("src/nested/deep.rs");
+    std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+    std::fs::write(&source, "fn deep() {}").unwrap();
+    for file in [&source, &package.join("run.sh")] {
+        let opened = std::fs::File::options().write(true).open(file).unwrap();
+        opened.set_modified(std::time::SystemTime::now() - Duration::from_secs(60)).unwrap();
+    }
+    let relative = source.strip_prefix("/").unwrap().to_str().unwrap();
+    thunk.inputs.insert(support::path(relative), fixture.blob(b"fn deep() {}", false).await);
+    let manifest_dir = format!("{}{}", thunk::thunk::SANDBOX_TOKEN, package.display());
+    thunk.env.insert("CARGO_MANIFEST_DIR".into(), manifest_dir);
+    // What the model does: the package's files hashed into one entry.
+    let cache = fixture.workdir.hash_cache();
+    cache.group_under(&package);
+    for file in [&source, &package.join("run.sh")] {
+        cache.digest(file).unwrap();
+    }
+    drop(cache);
+    let entries = fixture.store_root().join("work/hashcache");
+    assert_eq!(std::fs::read_dir(&entries).unwrap().count(), 1);
+
+    let hash = fixture.store.put_thunk(&thunk).await.unwrap();
+    let forced = Forcer::new(fixture.store.clone(), fixture.workdir.clone(), 1).force(hash).await.unwrap();
+    assert!(forced.reduction.succeeded(), "{forced:?}");
+    // Looked up by directory instead, both files would be hashed again into an entry per directory.
+    assert_eq!(std::fs::read_dir(&entries).unwrap().count(), 1, "only the package's entry");
+}
