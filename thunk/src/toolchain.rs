@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::hash::Hash;
-use crate::hashcache::StatKey;
+use crate::hashcache::{FileDigest, HashCache, StatKey};
 use crate::manifest::{ToolchainFile, ToolchainManifest};
 use crate::path::SandboxPath;
 use crate::store::{Store, StoreError};
@@ -248,10 +248,19 @@ pub async fn name_local_toolchain(
     let mut manifest = ToolchainManifest::new(host, release, all_targets);
     let mut stats = BTreeMap::new();
     let mut files_hashed = 0;
+    let paths: Vec<&Path> = sources
+        .iter()
+        .filter_map(|(_, source)| match source {
+            Source::File(path) => Some(path.as_path()),
+            Source::Generated(_) => None,
+        })
+        .collect();
+    let mut digests = digest_in_parallel(&cache, &paths).into_iter();
     for (relative, source) in &sources {
         let file = match source {
             Source::File(path) => {
-                let digest = cache.digest(path).map_err(|source| ToolchainError::Io { path: path.clone(), source })?;
+                let digest = digests.next().expect("a digest per file");
+                let digest = digest.map_err(|source| ToolchainError::Io { path: path.clone(), source })?;
                 stats.insert(relative.clone(), digest.stat);
                 files_hashed += usize::from(!digest.from_cache);
                 ToolchainFile { hash: digest.hash, size: digest.size, executable: digest.executable }
@@ -269,6 +278,32 @@ pub async fn name_local_toolchain(
         materialize(&sources, &manifest, &stats, workdir, &dir)?;
     }
     Ok(LocalToolchain { hash, manifest, dir, files_hashed })
+}
+
+/// The digests of `paths`, in their order, hashed on every core: on a machine's first build the
+/// sysroot's 500 MB are hashed before cargo can start, and two cores halve that wait.
+fn digest_in_parallel(cache: &HashCache, paths: &[&Path]) -> Vec<io::Result<FileDigest>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Largest first, so that the big libraries do not all land on one thread at the end.
+    let mut order: Vec<usize> = (0..paths.len()).collect();
+    order.sort_by_key(|&index| std::cmp::Reverse(fs::metadata(paths[index]).map(|m| m.len()).unwrap_or(0)));
+    let results: Vec<Mutex<Option<io::Result<FileDigest>>>> = paths.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    *results[index].lock().unwrap_or_else(|e| e.into_inner()) = Some(cache.digest(paths[index]));
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|result| result.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every file was taken"))
+        .collect()
 }
 
 /// The hash of the toolchain of `sysroot` (host std only), named once and then remembered while the
@@ -453,4 +488,29 @@ fn materialize(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_hashed_in_parallel_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // Sizes out of order, so that taking the largest first reorders the work.
+        let files: Vec<(PathBuf, Vec<u8>)> =
+            (0..24).map(|n| (dir.path().join(format!("f{n}")), vec![n as u8; (n * 7919) % 50_000])).collect();
+        for (path, bytes) in &files {
+            fs::write(path, bytes).unwrap();
+        }
+        let paths: Vec<&Path> = files.iter().map(|(path, _)| path.as_path()).collect();
+        let cache = HashCache::new(dir.path().join("cache"));
+        let digests = digest_in_parallel(&cache, &paths);
+        assert_eq!(digests.len(), files.len());
+        for ((_, bytes), digest) in files.iter().zip(digests) {
+            assert_eq!(digest.unwrap().hash, Hash::of(bytes));
+        }
+        let missing = digest_in_parallel(&cache, &[&dir.path().join("missing")]);
+        assert!(missing[0].is_err());
+    }
 }

@@ -369,14 +369,20 @@ pub async fn model(
         Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
         None => std::env::current_dir()?,
     };
+    // Asked of `cargo metadata` while the toolchain is named: both come before cargo can start.
+    let asked_target_dir = args.target_dir.is_none().then(|| {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || default_target_dir(&args))
+    });
     let sysroot = query_sysroot(std::ffi::OsStr::new("rustc"), &project_dir)?;
     // Named in the local store: the model phase never waits on a remote one.
     let toolchain = name_local_toolchain(&sysroot, &args.target, &opened.workdir, &opened.local)
         .await
         .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
-    let target_dir = match &args.target_dir {
-        Some(dir) => std::path::absolute(dir)?,
-        None => default_target_dir(args)?,
+    let target_dir = match (&args.target_dir, asked_target_dir) {
+        (Some(dir), _) => std::path::absolute(dir)?,
+        (None, Some(asked)) => asked.await??,
+        (None, None) => default_target_dir(args)?,
     }
     .join("lambdabuild");
 
