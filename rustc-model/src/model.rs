@@ -155,7 +155,7 @@ impl Builder<'_> {
     /// Adds a Rust source by hash and returns its text, read once for both.
     fn add_source(&mut self, path: &Path) -> Result<Vec<u8>, ModelError> {
         let (digest, bytes) = self.cache.read(path).map_err(io_error(path))?;
-        if !matches!(Placeholder::parse(&bytes), Ok(None)) {
+        if digest.is_placeholder {
             return Err(ModelError::PassThrough("a source file that is a cargo-lambdabuild placeholder"));
         }
         let input = Input::Blob { hash: digest.hash, size: digest.size, executable: digest.executable };

@@ -23,11 +23,6 @@ use std::time::{Duration, SystemTime};
 use crate::hash::Hash;
 use crate::placeholder;
 
-/// Whether `bytes` start as a placeholder does (well-formed or not).
-fn is_placeholder(bytes: &[u8]) -> bool {
-    bytes.starts_with(placeholder::MAGIC.as_bytes())
-}
-
 /// A file whose mtime is this close to now is hashed but not cached: it may still be changing within the
 /// same mtime tick (git's "racy clean" problem).
 const RACY_WINDOW: Duration = Duration::from_secs(2);
@@ -127,24 +122,22 @@ impl HashCache {
             let from_cache = true;
             return Ok(FileDigest { hash, size: stat.size, executable, stat, from_cache, is_placeholder: false });
         }
+        // A file small enough to be a placeholder is read whole, to tell.
+        if stat.size <= placeholder::MAX_LEN {
+            return self.read(path).map(|(digest, _)| digest);
+        }
         // Hash, then check nothing changed meanwhile; a file being rewritten is hashed again.
         for _ in 0..3 {
             let before = StatKey::of(&fs::metadata(path)?);
-            // A file small enough to be a placeholder is read whole, to tell.
-            let (hash, size, is_placeholder) = if before.size <= placeholder::MAX_LEN {
-                let bytes = fs::read(path)?;
-                (Hash::of(&bytes), bytes.len() as u64, is_placeholder(&bytes))
-            } else {
-                let (hash, size) = Hash::of_file(path)?;
-                (hash, size, false)
-            };
+            let (hash, size) = Hash::of_file(path)?;
             let after_metadata = fs::metadata(path)?;
             let after = StatKey::of(&after_metadata);
             if before == after && size == after.size {
-                if settled(&after_metadata)? && !is_placeholder {
+                if settled(&after_metadata)? {
                     self.learn(parent, name, after, hash);
                 }
                 let executable = after_metadata.permissions().mode() & 0o100 != 0;
+                let is_placeholder = false;
                 return Ok(FileDigest { hash, size, executable, stat: after, from_cache: false, is_placeholder });
             }
         }
@@ -168,7 +161,7 @@ impl HashCache {
             if StatKey::of(&before) == stat && stat.size == bytes.len() as u64 {
                 let hash = Hash::of(&bytes);
                 let settled = SystemTime::now().duration_since(after.modified()?).is_ok_and(|age| age >= RACY_WINDOW);
-                let is_placeholder = is_placeholder(&bytes);
+                let is_placeholder = placeholder::starts_as_placeholder(&bytes);
                 if settled && !is_placeholder && self.cached(parent, name, stat) != Some(hash) {
                     self.learn(parent, name, stat, hash);
                 }

@@ -120,6 +120,12 @@ impl Placeholder {
     }
 }
 
+/// Whether `bytes` begin as every placeholder does (well-formed or not): what [`Placeholder::parse`]
+/// does not answer with `Ok(None)`.
+pub fn starts_as_placeholder(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC.as_bytes())
+}
+
 /// Fails with a message naming `cargo lambdabuild force` when `path` is a placeholder; every reader of
 /// a user's file whose bytes matter calls this first.
 pub fn refuse_placeholder(path: &Path) -> Result<(), PlaceholderError> {
