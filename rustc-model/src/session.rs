@@ -1,6 +1,11 @@
 //! The session: what `cargo lambdabuild` tells every wrapper it starts (through `LAMBDABUILD_SESSION`,
 //! a directory), and what each wrapper tells it back (a line per rustc call).
 //!
+//! Cargo starts before the session's configuration exists: naming the toolchain (hashing half a
+//! gigabyte on a first build) overlaps cargo's own start-up. `cargo lambdabuild` holds an exclusive
+//! `flock` on `session.lock` from before it starts cargo until `session.json` is in place, and a
+//! wrapper that finds no `session.json` waits on that lock (cargo's probes never open the session).
+//!
 //! Wrappers report by appending one line, in one `write`, to a shared file (`O_APPEND`: concurrent
 //! appends land whole, one after another), not by creating a file each: creating files is what costs
 //! most on ext4 right after a `cargo clean` (an inode allocation scans past every recently deleted
@@ -14,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thunk::Hash;
 
-/// Written by `cargo lambdabuild` before it runs cargo.
+/// Written by `cargo lambdabuild` once the toolchain is named, while cargo starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionConfig {
     /// The local store directory (for an S3 store, its local cache).
@@ -71,21 +76,40 @@ pub struct Session {
     outputs: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
+/// The configuration, [`SessionConfig`] as JSON.
+const CONFIG: &str = "session.json";
+/// Held (`flock`, exclusive) by `cargo lambdabuild` until the configuration is written.
+const OPENING: &str = "session.lock";
 /// The records, a JSON object a line.
 const RECORDS: &str = "records.jsonl";
 /// The output index, a line `PATH_HASH THUNK OUTPUT` per output.
 const OUTPUTS: &str = "outputs.txt";
 
 impl Session {
-    /// Creates a session in `dir` (which must exist).
-    pub fn create(dir: &Path, config: SessionConfig) -> io::Result<Session> {
-        fs::write(dir.join("session.json"), serde_json::to_vec(&config)?)?;
-        Ok(Session { dir: dir.to_owned(), config, outputs: Default::default() })
+    /// Starts a session in `dir` (which must exist): until [`PendingSession::finish`], wrappers that
+    /// open it wait.
+    pub fn begin(dir: &Path) -> io::Result<PendingSession> {
+        let lock = fs::File::create(dir.join(OPENING))?;
+        lock.lock()?;
+        Ok(PendingSession { dir: dir.to_owned(), _lock: lock })
     }
 
-    /// Opens the session in `dir`.
+    /// Opens the session in `dir`, waiting while `cargo lambdabuild` is still writing it.
     pub fn open(dir: &Path) -> io::Result<Session> {
-        let bytes = fs::read(dir.join("session.json"))?;
+        let path = dir.join(CONFIG);
+        let bytes = match fs::read(&path) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let lock = fs::File::open(dir.join(OPENING))?;
+                lock.lock_shared()?;
+                fs::read(&path).map_err(|error| match error.kind() {
+                    io::ErrorKind::NotFound => io::Error::other(
+                        "`cargo lambdabuild` stopped before it finished the session (its own error says why)",
+                    ),
+                    _ => error,
+                })?
+            }
+            read => read?,
+        };
         let config = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
         Ok(Session { dir: dir.to_owned(), config, outputs: Default::default() })
     }
@@ -146,22 +170,74 @@ impl Session {
     }
 }
 
+/// A session whose configuration is not written yet; dropping it unwritten lets the waiting wrappers
+/// fail rather than wait forever.
+#[derive(Debug)]
+pub struct PendingSession {
+    dir: PathBuf,
+    _lock: fs::File,
+}
+
+impl PendingSession {
+    /// Writes the configuration (whole, by a rename) and lets the waiting wrappers in.
+    pub fn finish(self, config: SessionConfig) -> io::Result<Session> {
+        let partial = self.dir.join("session.json.partial");
+        fs::write(&partial, serde_json::to_vec(&config)?)?;
+        fs::rename(&partial, self.dir.join(CONFIG))?;
+        Ok(Session { dir: self.dir, config, outputs: Default::default() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn config(dir: &Path) -> SessionConfig {
+        SessionConfig {
+            store: dir.join("store"),
+            remote: None,
+            sysroot: dir.join("sysroot"),
+            toolchain: Hash::of(b"toolchain"),
+            target_dir: dir.join("target"),
+            slots: 2,
+        }
+    }
+
     fn session() -> (tempfile::TempDir, Session) {
         let dir = tempfile::tempdir().unwrap();
-        let config = SessionConfig {
-            store: dir.path().join("store"),
-            remote: None,
-            sysroot: dir.path().join("sysroot"),
-            toolchain: Hash::of(b"toolchain"),
-            target_dir: dir.path().join("target"),
-            slots: 2,
-        };
-        let session = Session::create(dir.path(), config).unwrap();
+        let session = Session::begin(dir.path()).unwrap().finish(config(dir.path())).unwrap();
         (dir, session)
+    }
+
+    #[test]
+    fn a_wrapper_started_before_the_session_is_finished_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = Session::begin(dir.path()).unwrap();
+        let (opened_in, opened) = std::sync::mpsc::channel();
+        let wrapper = {
+            let dir = dir.path().to_owned();
+            std::thread::spawn(move || opened_in.send(Session::open(&dir).map(|s| s.config.toolchain)).unwrap())
+        };
+        // Still waiting a while later: the configuration is not there yet.
+        assert!(opened.recv_timeout(std::time::Duration::from_millis(200)).is_err());
+        pending.finish(config(dir.path())).unwrap();
+        let toolchain = opened.recv_timeout(std::time::Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(toolchain, Hash::of(b"toolchain"));
+        wrapper.join().unwrap();
+    }
+
+    #[test]
+    fn a_session_abandoned_before_it_was_finished_fails_its_wrappers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = Session::begin(dir.path()).unwrap();
+        let wrapper = {
+            let dir = dir.path().to_owned();
+            std::thread::spawn(move || Session::open(&dir).map(|_| ()))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(pending);
+        let error = wrapper.join().unwrap().unwrap_err();
+        assert!(error.to_string().contains("stopped before it finished the session"), "{error}");
     }
 
     #[test]

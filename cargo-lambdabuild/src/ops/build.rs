@@ -369,16 +369,12 @@ pub async fn model(
         Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
         None => std::env::current_dir()?,
     };
-    // Asked of `cargo metadata` while the toolchain is named: both come before cargo can start.
+    // Both come before cargo can start, and cost tens of milliseconds each: asked at the same time.
     let asked_target_dir = args.target_dir.is_none().then(|| {
         let args = args.clone();
         tokio::task::spawn_blocking(move || default_target_dir(&args))
     });
     let sysroot = query_sysroot(std::ffi::OsStr::new("rustc"), &project_dir)?;
-    // Named in the local store: the model phase never waits on a remote one.
-    let toolchain = name_local_toolchain(&sysroot, &args.target, &opened.workdir, &opened.local)
-        .await
-        .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
     let target_dir = match (&args.target_dir, asked_target_dir) {
         (Some(dir), _) => std::path::absolute(dir)?,
         (None, Some(asked)) => asked.await??,
@@ -389,17 +385,30 @@ pub async fn model(
     let sessions = opened.dir.join("work/sessions");
     std::fs::create_dir_all(&sessions)?;
     let session_dir = tempfile::Builder::new().prefix("session-").tempdir_in(&sessions)?;
-    let config = SessionConfig {
-        store: opened.dir.clone(),
-        remote: opened.remote.clone(),
-        sysroot,
-        toolchain: toolchain.hash,
-        target_dir: target_dir.clone(),
-        slots,
+    // Cargo starts while the toolchain is named (a fifth of a second on a first build, as long as
+    // cargo takes to reach its first compile); a wrapper that needs the session waits for it.
+    let pending = Session::begin(session_dir.path())?;
+    let open_session = async {
+        // Named in the local store: the model phase never waits on a remote one.
+        let toolchain = name_local_toolchain(&sysroot, &args.target, &opened.workdir, &opened.local)
+            .await
+            .with_context(|| format!("cannot name the toolchain at {}", sysroot.display()))?;
+        let config = SessionConfig {
+            store: opened.dir.clone(),
+            remote: opened.remote.clone(),
+            sysroot: sysroot.clone(),
+            toolchain: toolchain.hash,
+            target_dir: target_dir.clone(),
+            slots,
+        };
+        anyhow::Ok(pending.finish(config)?)
     };
-    let session = Session::create(session_dir.path(), config)?;
-    let modelled = run_cargo(global, args, &session, &target_dir, started, forcer).await?;
-    Ok(modelled.map(|modelled| Modelled { _session: Some(session_dir), ..modelled }))
+    let run = run_cargo(global, args, session_dir.path(), &target_dir, started, forcer);
+    // Cargo first: `run_cargo` starts it before its first await, and naming the toolchain hashes on
+    // this thread until it is done.
+    let (modelled, session) = tokio::try_join!(run, open_session)?;
+    let Some(modelled) = modelled else { return Ok(None) };
+    Ok(Some(Modelled { records: session.records()?, _session: Some(session_dir), ..modelled }))
 }
 
 /// Interrupts cargo (as Ctrl-C would) if the build is abandoned while it runs: the build was
@@ -425,11 +434,12 @@ impl Drop for InterruptOnDrop {
     }
 }
 
-/// Runs cargo with the wrapper; `None` when cargo failed (its errors are already on stderr).
+/// Runs cargo with the wrapper; `None` when cargo failed (its errors are already on stderr). The
+/// session's records are the caller's to read: the session may still be opening while cargo starts.
 async fn run_cargo(
     global: &GlobalArgs,
     args: &BuildArgs,
-    session: &Session,
+    session_dir: &Path,
     target_dir: &Path,
     started: Instant,
     forcer: Option<&Forcer>,
@@ -449,7 +459,7 @@ async fn run_cargo(
         .arg("--target-dir")
         .arg(target_dir)
         .env("RUSTC_WRAPPER", &wrapper)
-        .env(thunk::env::SESSION_VAR, &session.dir)
+        .env(thunk::env::SESSION_VAR, session_dir)
         .env("CARGO_INCREMENTAL", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -500,11 +510,10 @@ async fn run_cargo(
     if !status.success() {
         return Ok(None);
     }
-    let records = session.records()?;
     Ok(Some(Modelled {
         messages,
         roots,
-        records,
+        records: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
         target_dir: target_dir.to_owned(),
         _session: None,
