@@ -267,12 +267,29 @@ pub struct Executor {
     /// share the machine with the other thunks instead of each taking every core.
     jobserver: Option<jobserver::Client>,
     known: Arc<KnownFiles>,
+    /// Whether [`InPlace::persist`] reads and compresses at idle priority ([`crate::background`]):
+    /// only when no one waits for it.
+    persist_in_background: bool,
 }
 
 impl Executor {
     /// An executor reading and writing `store`, working in `workdir`, that signs its reductions `engine`.
     pub fn new(store: Store, workdir: Workdir, engine: impl Into<String>) -> Executor {
-        Executor { store, workdir, engine: engine.into(), jobserver: None, known: Arc::default() }
+        Executor {
+            store,
+            workdir,
+            engine: engine.into(),
+            jobserver: None,
+            known: Arc::default(),
+            persist_in_background: false,
+        }
+    }
+
+    /// The same executor, reading and compressing what [`InPlace::persist`] stores at idle priority,
+    /// for a caller that runs the next compiles before awaiting it.
+    pub fn with_persist_in_background(mut self) -> Executor {
+        self.persist_in_background = true;
+        self
     }
 
     /// The same executor, handing `client` to the programs it runs.
@@ -587,16 +604,7 @@ impl Executor {
                 let mut tasks = tokio::task::JoinSet::new();
                 for (file, expected) in to_store {
                     let this = this.clone();
-                    tasks.spawn(async move {
-                        let stored = this.store_file(&file).await?;
-                        if stored.hash != expected {
-                            return Err(ExecError::Sandbox {
-                                context: format!("{} changed while it was being stored", file.display()),
-                                source: io::ErrorKind::InvalidData.into(),
-                            });
-                        }
-                        Ok(())
-                    });
+                    tasks.spawn(async move { this.store_output_in_place(file, expected).await });
                 }
                 while let Some(stored) = tasks.join_next().await {
                     stored.map_err(|e| ExecError::Sandbox {
@@ -862,6 +870,35 @@ impl Executor {
             .map_err(sandbox_error(format!("cannot read {}", path.display())))?;
         let (hash, size) = self.store.put_blob_vec(bytes).await?;
         Ok(BlobRef { hash, size })
+    }
+
+    /// Stores an output a run in place wrote and hashed as `expected`, unless the store has it.
+    async fn store_output_in_place(&self, file: PathBuf, expected: Hash) -> Result<(), ExecError> {
+        let key = crate::store::ObjectKey::Blob(expected);
+        if self.store.complete(key).await? {
+            return Ok(());
+        }
+        let read_and_compress = {
+            let file = file.clone();
+            move || {
+                let bytes = fs::read(&file)?;
+                Ok::<_, io::Error>((Hash::of(&bytes), crate::store::compress(&bytes)?))
+            }
+        };
+        let compressed = if self.persist_in_background {
+            crate::background::run(read_and_compress).await
+        } else {
+            tokio::task::spawn_blocking(read_and_compress).await.map_err(io::Error::other).and_then(|done| done)
+        };
+        let (hash, compressed) = compressed.map_err(sandbox_error(format!("cannot store {}", file.display())))?;
+        if hash != expected {
+            return Err(ExecError::Sandbox {
+                context: format!("{} changed while it was being stored", file.display()),
+                source: io::ErrorKind::InvalidData.into(),
+            });
+        }
+        self.store.put_object(key, compressed).await?;
+        Ok(())
     }
 
     /// Stores one declared output; `None` when the program did not write it.

@@ -398,6 +398,7 @@ impl Forcer {
         let mut inner = Arc::into_inner(self.inner).expect("deferred storing is set before forcing starts");
         assert!(inner.remote.is_none(), "a remote engine reads its inputs from the store");
         inner.deferred_storing = true;
+        inner.executor = inner.executor.with_persist_in_background();
         Forcer { inner: Arc::new(inner) }
     }
 

@@ -3,6 +3,7 @@
 //! the Lambda runtime all build on it; it knows nothing of cargo, clap or AWS.
 #![deny(missing_docs)]
 
+pub mod background;
 pub mod decode;
 pub mod env;
 pub mod exec;

@@ -58,6 +58,12 @@ fn decompress_whole(stored: &[u8]) -> Option<Vec<u8>> {
 /// the CPU of level 3 for a few percent more bytes.
 const ZSTD_LEVEL: i32 = 1;
 
+/// An object's bytes as they are stored, for [`Store::put_object`]: callers that compress on a thread
+/// of their own use this.
+pub fn compress(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    zstd::bulk::compress(bytes, ZSTD_LEVEL)
+}
+
 /// Names one object of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectKey {
@@ -311,7 +317,7 @@ impl Store {
             tokio::task::spawn_blocking(move || (Hash::of(&bytes), bytes)).await.expect("hashing does not panic");
         let key = ObjectKey::Blob(hash);
         if !self.complete(key).await? {
-            let compressed = tokio::task::spawn_blocking(move || zstd::bulk::compress(&bytes, ZSTD_LEVEL))
+            let compressed = tokio::task::spawn_blocking(move || compress(&bytes))
                 .await
                 .expect("compressing does not panic")
                 .map_err(|e| self.backend_error("write", key, e))?;
@@ -363,7 +369,7 @@ impl Store {
 
     /// Whether there is nothing to write for `key`: the store has it (and a cached store's local copy
     /// is there too).
-    async fn complete(&self, key: ObjectKey) -> Result<bool, StoreError> {
+    pub async fn complete(&self, key: ObjectKey) -> Result<bool, StoreError> {
         if let Some(cache) = &self.cache
             && !cache.local.has(key).await.unwrap_or(false)
         {
@@ -387,7 +393,7 @@ impl Store {
     }
 
     async fn put_compressed(&self, key: ObjectKey, bytes: &[u8]) -> Result<(), StoreError> {
-        let compressed = zstd::bulk::compress(bytes, ZSTD_LEVEL).map_err(|e| self.backend_error("write", key, e))?;
+        let compressed = compress(bytes).map_err(|e| self.backend_error("write", key, e))?;
         self.put_object(key, compressed).await
     }
 
