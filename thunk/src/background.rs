@@ -16,23 +16,40 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Runs `work` on an idle-priority thread and returns its result. Falls back to tokio's blocking pool
-/// (normal priority) if no thread could be started.
-pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (sender, receiver) = tokio::sync::oneshot::channel();
+/// Runs `work` on an idle-priority thread and returns its result. Once `hurry` completes (the caller
+/// now waits for the result), `work` also runs at normal priority on tokio's blocking pool and the
+/// first result wins: a machine kept busy by other programs starves an idle thread, and nothing should
+/// then wait on it. Without idle threads (none could be started), it runs on the blocking pool.
+pub async fn run<T: Send + 'static>(
+    work: impl Fn() -> T + Send + Sync + 'static,
+    hurry: impl std::future::Future<Output = ()>,
+) -> T {
+    let work = Arc::new(work);
+    let (sender, mut receiver) = tokio::sync::oneshot::channel();
+    let idle_work = Arc::clone(&work);
     let job: Job = Box::new(move || {
-        let _ = sender.send(work());
+        // Already done at normal priority.
+        if !sender.is_closed() {
+            let _ = sender.send(idle_work());
+        }
     });
-    let unsent = match queue() {
-        Some(queue) => queue.send(job).err().map(|mpsc::SendError(job)| job),
-        None => Some(job),
-    };
-    if let Some(job) = unsent {
-        tokio::task::spawn_blocking(job);
+    let queued = queue().is_some_and(|queue| queue.send(job).is_ok());
+    if queued {
+        tokio::select! {
+            biased;
+            done = &mut receiver => return done.expect(PANICKED),
+            () = hurry => {}
+        }
     }
-    // The sender is dropped unsent only when `work` panicked (the panic is printed where it ran).
-    receiver.await.expect("a background job panicked")
+    let mut now = tokio::task::spawn_blocking(move || work());
+    tokio::select! {
+        done = &mut receiver, if queued => done.expect(PANICKED),
+        done = &mut now => done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+    }
 }
+
+/// The sender is dropped unsent only when `work` panicked (the panic is printed where it ran).
+const PANICKED: &str = "a background job panicked";
 
 /// The queue of the idle threads, started on first use: one per core, so that what is left when the
 /// compiles end takes all of them. `None` if not one could be started.
@@ -77,19 +94,60 @@ fn lower_priority() {
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
-    async fn work_runs_at_idle_priority_and_its_result_comes_back() {
+    use std::future::pending;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    fn policy() -> i32 {
         // SAFETY: sched_getscheduler has no memory-safety preconditions.
-        let policy = super::run(|| unsafe { libc::sched_getscheduler(0) }).await;
-        assert_eq!(policy, libc::SCHED_IDLE);
-        let sum = super::run(|| (1..=10).sum::<u32>()).await;
-        assert_eq!(sum, 55);
+        unsafe { libc::sched_getscheduler(0) }
     }
 
     #[tokio::test]
-    async fn the_caller_keeps_its_priority() {
-        super::run(|| ()).await;
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
+    async fn work_runs_at_idle_priority_and_its_result_comes_back() {
+        assert_eq!(super::run(policy, pending()).await, libc::SCHED_IDLE);
+        assert_eq!(super::run(|| (1..=10).sum::<u32>(), pending()).await, 55);
+        // The caller's thread keeps its priority.
+        assert_eq!(policy(), libc::SCHED_OTHER);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hurried_work_runs_at_normal_priority_when_the_idle_threads_are_busy() {
+        // Every idle thread held by a job that waits for the test to let it go.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (started, release) = (Arc::new(Barrier::new(threads + 1)), Arc::new(Barrier::new(threads + 1)));
+        let mut holders = Vec::new();
+        for _ in 0..threads {
+            let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+            holders.push(tokio::spawn(super::run(
+                move || {
+                    started.wait();
+                    release.wait();
+                },
+                pending(),
+            )));
+        }
+        tokio::task::spawn_blocking({
+            let started = Arc::clone(&started);
+            move || started.wait()
+        })
+        .await
+        .unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&runs);
+        let work = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            policy()
+        };
+        let hurried =
+            tokio::time::timeout(std::time::Duration::from_secs(30), super::run(work, std::future::ready(())));
+        assert_eq!(hurried.await.expect("not left waiting for an idle thread"), libc::SCHED_OTHER);
+        tokio::task::spawn_blocking(move || release.wait()).await.unwrap();
+        for holder in holders {
+            holder.await.unwrap();
+        }
+        // The queued copy found the result delivered and did not run.
+        super::run(|| (), pending()).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 }

@@ -267,9 +267,9 @@ pub struct Executor {
     /// share the machine with the other thunks instead of each taking every core.
     jobserver: Option<jobserver::Client>,
     known: Arc<KnownFiles>,
-    /// Whether [`InPlace::persist`] reads and compresses at idle priority ([`crate::background`]):
-    /// only when no one waits for it.
-    persist_in_background: bool,
+    /// Set when [`InPlace::persist`] reads and compresses at idle priority ([`crate::background`]):
+    /// only while no one waits for it, so until the value turns `true`.
+    persist_in_background: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Executor {
@@ -281,14 +281,14 @@ impl Executor {
             engine: engine.into(),
             jobserver: None,
             known: Arc::default(),
-            persist_in_background: false,
+            persist_in_background: None,
         }
     }
 
     /// The same executor, reading and compressing what [`InPlace::persist`] stores at idle priority,
-    /// for a caller that runs the next compiles before awaiting it.
-    pub fn with_persist_in_background(mut self) -> Executor {
-        self.persist_in_background = true;
+    /// for a caller that runs the next compiles before awaiting it, until `hurry` turns `true`.
+    pub fn with_persist_in_background(mut self, hurry: tokio::sync::watch::Receiver<bool>) -> Executor {
+        self.persist_in_background = Some(hurry);
         self
     }
 
@@ -885,10 +885,20 @@ impl Executor {
                 Ok::<_, io::Error>((Hash::of(&bytes), crate::store::compress(&bytes)?))
             }
         };
-        let compressed = if self.persist_in_background {
-            crate::background::run(read_and_compress).await
-        } else {
-            tokio::task::spawn_blocking(read_and_compress).await.map_err(io::Error::other).and_then(|done| done)
+        let compressed = match &self.persist_in_background {
+            Some(hurry) => {
+                let mut hurry = hurry.clone();
+                let hurried = async move {
+                    if hurry.wait_for(|hurried| *hurried).await.is_err() {
+                        // A forcer gone without hurrying has no one waiting: stay idle.
+                        std::future::pending::<()>().await;
+                    }
+                };
+                crate::background::run(read_and_compress, hurried).await
+            }
+            None => {
+                tokio::task::spawn_blocking(read_and_compress).await.map_err(io::Error::other).and_then(|done| done)
+            }
         };
         let (hash, compressed) = compressed.map_err(sandbox_error(format!("cannot store {}", file.display())))?;
         if hash != expected {

@@ -228,6 +228,9 @@ struct Inner {
     /// beside the next thunks; and that storing, for [`Forcer::settle`].
     deferred_storing: bool,
     storing: Mutex<Vec<(Hash, Storing)>>,
+    /// Turned `true` by [`Forcer::settle`]: the build waits for the storing from then on, so it no
+    /// longer runs at idle priority only.
+    hurry: tokio::sync::watch::Sender<bool>,
 }
 
 /// The remote engine, its slots, and how its failures have gone.
@@ -362,6 +365,7 @@ impl Forcer {
                 stored_early: Mutex::new(std::collections::HashSet::new()),
                 deferred_storing: false,
                 storing: Mutex::new(Vec::new()),
+                hurry: tokio::sync::watch::Sender::new(false),
                 workdir,
             }),
         }
@@ -398,13 +402,15 @@ impl Forcer {
         let mut inner = Arc::into_inner(self.inner).expect("deferred storing is set before forcing starts");
         assert!(inner.remote.is_none(), "a remote engine reads its inputs from the store");
         inner.deferred_storing = true;
-        inner.executor = inner.executor.with_persist_in_background();
+        inner.executor = inner.executor.with_persist_in_background(inner.hurry.subscribe());
         Forcer { inner: Arc::new(inner) }
     }
 
     /// Waits until everything run so far is stored; the first failure to store, if any. Without
-    /// [`Forcer::with_deferred_storing`], there is nothing to wait for.
+    /// [`Forcer::with_deferred_storing`], there is nothing to wait for. What is left of the storing
+    /// no longer waits for idle cores.
     pub async fn settle(&self) -> Result<(), ForceError> {
+        self.inner.hurry.send_replace(true);
         let storing = std::mem::take(&mut *self.inner.storing.lock().unwrap_or_else(|e| e.into_inner()));
         let mut first_error = None;
         for (thunk, task) in storing {
