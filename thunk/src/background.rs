@@ -41,11 +41,27 @@ pub async fn run<T: Send + 'static>(
             () = hurry => {}
         }
     }
-    let mut now = tokio::task::spawn_blocking(move || work());
+    // A core's worth at a time: everything the build left to store may be hurried at once, and each
+    // job holds a whole file and its compressed copy.
+    let now = async {
+        let permit = normal_priority_slots().acquire().await.expect("the semaphore is never closed");
+        let done = tokio::task::spawn_blocking(move || work()).await;
+        drop(permit);
+        done
+    };
     tokio::select! {
         done = &mut receiver, if queued => done.expect(PANICKED),
-        done = &mut now => done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        done = now => done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
     }
+}
+
+fn normal_priority_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(cores()))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The sender is dropped unsent only when `work` panicked (the panic is printed where it ran).
@@ -59,8 +75,7 @@ fn queue() -> Option<&'static mpsc::Sender<Job>> {
         .get_or_init(|| {
             let (sender, receiver) = mpsc::channel::<Job>();
             let receiver = Arc::new(Mutex::new(receiver));
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let started = (0..threads).filter(|_| start_thread(&receiver)).count();
+            let started = (0..cores()).filter(|_| start_thread(&receiver)).count();
             (started > 0).then_some(sender)
         })
         .as_ref()
@@ -112,7 +127,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn hurried_work_runs_at_normal_priority_when_the_idle_threads_are_busy() {
+    async fn hurried_work_runs_at_normal_priority_a_core_at_a_time_when_the_idle_threads_are_busy() {
         // Every idle thread held by a job that waits for the test to let it go.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (started, release) = (Arc::new(Barrier::new(threads + 1)), Arc::new(Barrier::new(threads + 1)));
@@ -142,6 +157,22 @@ mod tests {
         let hurried =
             tokio::time::timeout(std::time::Duration::from_secs(30), super::run(work, std::future::ready(())));
         assert_eq!(hurried.await.expect("not left waiting for an idle thread"), libc::SCHED_OTHER);
+
+        // Many hurried at once run a core's worth at a time.
+        let (active, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut hurried = tokio::task::JoinSet::new();
+        for _ in 0..4 * threads {
+            let (active, most) = (Arc::clone(&active), Arc::clone(&most));
+            let work = move || {
+                most.fetch_max(active.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                active.fetch_sub(1, Ordering::SeqCst);
+            };
+            hurried.spawn(super::run(work, std::future::ready(())));
+        }
+        hurried.join_all().await;
+        assert_eq!(most.load(Ordering::SeqCst), threads);
+
         tokio::task::spawn_blocking(move || release.wait()).await.unwrap();
         for holder in holders {
             holder.await.unwrap();
