@@ -221,6 +221,11 @@ async fn force_build_script(
     call: &Call,
     modelled: &Modelled,
 ) -> Result<ExitCode, ModelError> {
+    // Slots of its own, not tokens of the jobserver cargo hands this wrapper: cargo keeps its tokens
+    // while jobs are queued, and its queued jobs are mostly wrappers that take milliseconds, so a
+    // build script's dependencies forced on cargo's tokens ran one at a time (mdbook's model phase:
+    // 5.0 s → 6.8 s, measured). Handing the forcer's jobserver to cargo was worse still: the forcer
+    // lost its second core to cargo's queue (model phase 25 s → 106 s, same wall time).
     let forcer = Forcer::new(store.clone(), workdir.clone(), session.config.slots);
     let forced = match forcer.force(modelled.hash).await {
         Ok(forced) => forced,
