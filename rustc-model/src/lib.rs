@@ -224,7 +224,7 @@ async fn force_build_script(
     // Slots of its own, not tokens of the jobserver cargo hands this wrapper: cargo keeps its tokens
     // while jobs are queued, and its queued jobs are mostly wrappers that take milliseconds, so a
     // build script's dependencies forced on cargo's tokens ran one at a time (mdbook's model phase:
-    // 5.0 s → 6.8 s, measured). Handing the forcer's jobserver to cargo was worse still: the forcer
+    // 5.1 s → 6.8 s, medians of 3). Handing the forcer's jobserver to cargo was worse still: the forcer
     // lost its second core to cargo's queue (model phase 25 s → 106 s, same wall time).
     let forcer = Forcer::new(store.clone(), workdir.clone(), session.config.slots);
     let forced = match forcer.force(modelled.hash).await {
