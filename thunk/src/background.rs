@@ -129,7 +129,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hurried_work_runs_at_normal_priority_a_core_at_a_time_when_the_idle_threads_are_busy() {
         // Every idle thread held by a job that waits for the test to let it go.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = super::cores();
         let (started, release) = (Arc::new(Barrier::new(threads + 1)), Arc::new(Barrier::new(threads + 1)));
         let mut holders = Vec::new();
         for _ in 0..threads {
