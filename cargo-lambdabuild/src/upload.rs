@@ -66,22 +66,39 @@ pub async fn upload(
     jobs: usize,
     progress: bool,
 ) -> anyhow::Result<UploadReport> {
-    let Some((local, _)) = store.local_cache() else {
+    let Some((local, known)) = store.local_cache() else {
         // A local store is the store: nothing to send.
         return Ok(UploadReport::default());
     };
     let needed = graph_objects(store, local, roots).await?;
+    // Held until the upload is done: one process on this machine packs and sends a toolchain at a
+    // time. In CI mode cargo runs wrappers side by side, and on a fresh cache each of them would
+    // otherwise pack the layer (seconds of zstd) and send its hundreds of megabytes; the others wait,
+    // then find it done.
+    let mut _packing = Vec::new();
     if toolchains {
         for toolchain in needed.keys().filter_map(|key| match key {
-            ObjectKey::Toolchain(hash) => Some(*hash),
+            ObjectKey::Toolchain(hash) if !known.contains(*key) => Some(*hash),
             _ => None,
         }) {
+            _packing.push(lock_toolchain(workdir, toolchain).await?);
             pack_toolchain(store, workdir, local, toolchain).await?;
         }
     }
     let needed: Vec<(ObjectKey, Source)> =
         needed.into_iter().filter(|(key, _)| toolchains || !matches!(key, ObjectKey::Toolchain(_))).collect();
     send(store, needed, jobs, progress).await
+}
+
+/// Holds this machine's lock on packing and sending toolchain `hash` until dropped.
+async fn lock_toolchain(workdir: &Workdir, hash: Hash) -> anyhow::Result<std::fs::File> {
+    let path = workdir.locks_dir().join(format!("toolchain-{hash}"));
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        file.lock()?;
+        std::io::Result::Ok(file)
+    });
+    locked.await.context("the locking task panicked")?.context("cannot lock the toolchain for packing")
 }
 
 /// Packs toolchain `hash` (named on this machine) into the local store and, for a remote store,

@@ -141,6 +141,8 @@ fn cargo_test_through_the_wrapper_on_lambda_matches_plain_cargo() {
     let results = test_results(&first);
     assert!(results.iter().filter(|line| line.starts_with("test result: ok. 1 passed")).count() >= 2, "{results:#?}");
     let counted = stats(&env, false);
+    // A unit passed through on this machine has no reduction, so the other machine would run it.
+    assert_eq!(counted["passed_through"], 0, "{counted}\n{}", first.stderr);
     assert!(counted["executed"]["lambda"].as_u64().unwrap_or(0) >= 8, "units ran on Lambda: {counted}");
     assert!(counted["lambda"]["invocations"].as_u64().unwrap() >= 8, "{counted}");
     assert!(counted["cost"]["usd"].as_f64().unwrap() > 0.0, "{counted}");
@@ -152,7 +154,8 @@ fn cargo_test_through_the_wrapper_on_lambda_matches_plain_cargo() {
     let again = ci_cargo(&project, &["test", "-j", "8"], &other).success();
     assert_eq!(test_results(&again), results);
     let counted = stats(&other, false);
-    assert_eq!(counted["executed_total"], 0, "everything came from the shared store: {counted}");
+    assert_eq!(counted["executed_total"], 0, "everything came from the shared store: {counted}\n{}", again.stderr);
+    assert_eq!(counted["passed_through"], 0, "{counted}\n{}", again.stderr);
 
     let ours = contents(&again.artifacts, Compare::Linked);
     assert_plain_cargo_agrees(&project, &["test", "--no-run"], &ours);
