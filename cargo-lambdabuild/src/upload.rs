@@ -91,14 +91,12 @@ pub async fn upload(
 }
 
 /// Holds this machine's lock on packing and sending toolchain `hash` until dropped.
-async fn lock_toolchain(workdir: &Workdir, hash: Hash) -> anyhow::Result<std::fs::File> {
-    let path = workdir.locks_dir().join(format!("toolchain-{hash}"));
-    let locked = tokio::task::spawn_blocking(move || {
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-        file.lock()?;
-        std::io::Result::Ok(file)
-    });
-    locked.await.context("the locking task panicked")?.context("cannot lock the toolchain for packing")
+async fn lock_toolchain(workdir: &Workdir, hash: Hash) -> anyhow::Result<thunk::workdir::Lock> {
+    let workdir = workdir.clone();
+    tokio::task::spawn_blocking(move || workdir.lock(&format!("toolchain-{hash}")))
+        .await
+        .context("the locking task panicked")?
+        .with_context(|| format!("cannot lock toolchain {hash} for packing"))
 }
 
 /// Packs toolchain `hash` (named on this machine) into the local store and, for a remote store,

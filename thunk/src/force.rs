@@ -994,9 +994,9 @@ impl Forcer {
     }
 
     /// An exclusive lock on `hash` shared by every process using this workdir.
-    async fn lock(&self, hash: Hash) -> Result<FileLock, ExecError> {
-        let dir = self.inner.workdir.locks_dir();
-        tokio::task::spawn_blocking(move || FileLock::acquire(&dir.join(hash.to_hex())))
+    async fn lock(&self, hash: Hash) -> Result<crate::workdir::Lock, ExecError> {
+        let workdir = self.inner.workdir.clone();
+        tokio::task::spawn_blocking(move || workdir.lock(&hash.to_hex()))
             .await
             .map_err(|e| ExecError::Sandbox { context: "waiting for a lock".into(), source: std::io::Error::other(e) })?
             .map_err(|source| ExecError::Sandbox { context: "cannot lock a thunk".into(), source })
@@ -1045,28 +1045,6 @@ fn dependency_of(error: &ForceError) -> Option<Hash> {
         ForceError::DependencyFailed { dependency, .. } => Some(*dependency),
         ForceError::Exec { thunk, .. } | ForceError::UnreproducibleOutput { thunk, .. } => Some(*thunk),
         ForceError::Store(_) => None,
-    }
-}
-
-/// `flock(2)` on a file, released when dropped (or when the process dies).
-struct FileLock {
-    _file: std::fs::File,
-}
-
-impl FileLock {
-    fn acquire(path: &std::path::Path) -> std::io::Result<FileLock> {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-        loop {
-            // SAFETY: flock on a descriptor this function owns.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(FileLock { _file: file });
-            }
-            let error = std::io::Error::last_os_error();
-            if error.kind() != std::io::ErrorKind::Interrupted {
-                return Err(error);
-            }
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! <store>/work/toolchains/<hash>  materialized toolchain trees (hard links into the sysroot)
 //! <store>/work/hashcache/         the stat-keyed hash cache
 //! <store>/work/sandboxes/         one directory per running thunk
-//! <store>/work/locks/<hash>       flock(2) files: one process runs a thunk, the others wait
+//! <store>/work/locks/<name>       flock(2) files: one process runs a thunk (or packs a toolchain), the others wait
 //! <store>/work/realized/          which thunk output a real file in a target dir holds
 //! <store>/work/remote/<url-hash>.known  the objects a remote store is known to hold
 //! <store>/work/stats/<store>.jsonl       the store's counters since the last reset
@@ -24,6 +24,12 @@ use crate::hashcache::HashCache;
 #[derive(Debug, Clone)]
 pub struct Workdir {
     root: PathBuf,
+}
+
+/// An exclusive `flock(2)` lock from [`Workdir::lock`], held until dropped.
+#[derive(Debug)]
+pub struct Lock {
+    _file: fs::File,
 }
 
 impl Workdir {
@@ -75,6 +81,19 @@ impl Workdir {
     /// One lock file per thunk, so that processes forcing the same thunk run it once.
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join("locks")
+    }
+
+    /// Waits for the exclusive lock `name` in [`Workdir::locks_dir`], shared by every process using
+    /// this workdir; released when dropped, or when the process dies. Blocks: call it off the runtime.
+    pub fn lock(&self, name: &str) -> io::Result<Lock> {
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.locks_dir().join(name))?;
+        loop {
+            match file.lock() {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Which thunk output each real file holds, so that a file the forcer wrote can be linked again.
